@@ -69,7 +69,9 @@ class Splats:
         """
         if means.dim() == 2:
             means, chol, colors = means[None], chol[None], colors[None]
-            opacities = opacities[None] if opacities is not None and opacities.dim() == 2 else opacities
+            opacities = (
+                opacities[None] if opacities is not None and opacities.dim() == 2 else opacities
+            )
         if means.dim() != 3:
             raise ValueError(f"means: expected shape [B, N, 2], got {list(means.shape)}")
         b, n = means.shape[:2]
@@ -165,17 +167,23 @@ class Splats:
             i = int(bad.nonzero()[0])
             raise ValueError(f"counts: image {i} has count {int(self.counts[i])}, outside [0, {n}]")
         if list(self.image_sizes.shape) != [b, 2]:
-            raise ValueError(f"image_sizes: expected shape [{b}, 2], got {list(self.image_sizes.shape)}")
+            raise ValueError(
+                f"image_sizes: expected shape [{b}, 2], got {list(self.image_sizes.shape)}"
+            )
         if (self.image_sizes <= 0).any():
             i = int((self.image_sizes <= 0).any(1).nonzero()[0])
-            raise ValueError(f"image_sizes: image {i} has non-positive size {self.image_sizes[i].tolist()}")
+            raise ValueError(
+                f"image_sizes: image {i} has non-positive size {self.image_sizes[i].tolist()}"
+            )
         mask = self.mask
         with torch.no_grad():
             for name, t in self.fields().items():
                 bad = ~torch.isfinite(t).all(-1) & mask
                 if bad.any():
                     i, j = bad.nonzero()[0].tolist()
-                    raise ValueError(f"{name}: image {i}, Gaussian {j} is not finite: {t[i, j].tolist()}")
+                    raise ValueError(
+                        f"{name}: image {i}, Gaussian {j} is not finite: {t[i, j].tolist()}"
+                    )
             bad = ((self.chol[..., 0] <= 0) | (self.chol[..., 2] <= 0)) & mask
             if bad.any():
                 i, j = bad.nonzero()[0].tolist()
@@ -215,7 +223,9 @@ class Splats:
         """Select images: an int keeps the batch dimension (``s[0]`` is a batch of one)."""
         if isinstance(index, int):
             if not -self.batch_size <= index < self.batch_size:
-                raise IndexError(f"image index {index} out of range for a batch of {self.batch_size}")
+                raise IndexError(
+                    f"image index {index} out of range for a batch of {self.batch_size}"
+                )
             index = slice(index, index + 1 if index != -1 else None)
         elif not isinstance(index, slice):
             index = torch.as_tensor(index, dtype=torch.long, device=self.device)
@@ -278,7 +288,9 @@ class Splats:
         parts = [(s if with_op else s.fold_opacity()).compact(cap) for s in items]
         devices = {p.device for p in parts}
         if len(devices) > 1:
-            raise ValueError(f"Splats.cat: batches are on different devices {sorted(map(str, devices))}")
+            raise ValueError(
+                f"Splats.cat: batches are on different devices {sorted(map(str, devices))}"
+            )
         return Splats(
             means=torch.cat([p.means for p in parts]),
             chol=torch.cat([p.chol for p in parts]),

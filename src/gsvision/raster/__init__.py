@@ -1,6 +1,6 @@
 """Rendering splats to pixels: one public entry, :func:`render`, over several backends.
 
-Backends register themselves lazily here: importing gsvision never fails because a kernel cannot
+Backends are listed in :data:`BACKENDS` and imported lazily: importing gsvision never fails because a kernel cannot
 be built on this machine; :func:`available_backends` says which run here and why not the others.
 The choice is a flag, an environment variable and a setter (as timm does for fused attention):
 ``render(..., backend=...)`` beats ``set_backend(...)``, which beats ``GSVISION_BACKEND``, which
@@ -38,9 +38,9 @@ ENV_VAR = "GSVISION_BACKEND"
 @dataclass(frozen=True)
 class _Backend:
     name: str
-    module: str  # gsvision.raster.<module>
+    module: str  # gsvision.raster.<module>; may define unavailable_reason() and supports_device()
     function: str  # its render(splats, height, width) -> [B, H, W, 3]
-    devices: tuple[str, ...]  # device types it runs on
+    devices: tuple[str, ...]  # device types "auto" picks it for
     doc: str
 
 
@@ -48,6 +48,9 @@ class _Backend:
 BACKENDS: dict[str, _Backend] = {
     b.name: b
     for b in [
+        _Backend("triton", "triton", "render_triton", ("cuda",), "Triton GPU kernel, tile-binned"),
+        _Backend("cpu", "cpu", "render_cpu", ("cpu",), "numba CPU kernel, tile-binned"),
+        _Backend("sparse", "sparse", "render_sparse", ("cpu", "cuda"), "sparse PyTorch patches"),
         _Backend("reference", "reference", "render_reference", ("cpu", "cuda"), "dense PyTorch"),
     ]
 }
@@ -113,7 +116,9 @@ def resolve_backend(device_type: str, backend: str | None = None) -> str:
     reason = _probe(choice)
     if reason is not None:
         raise ValueError(f"backend {choice!r} is not usable here: {reason}")
-    if device_type not in BACKENDS[choice].devices:
+    module = importlib.import_module(f"gsvision.raster.{BACKENDS[choice].module}")
+    supports = getattr(module, "supports_device", lambda d: d in BACKENDS[choice].devices)
+    if not supports(device_type):
         raise ValueError(f"backend {choice!r} does not run on {device_type!r} tensors")
     return choice
 
