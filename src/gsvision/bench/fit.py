@@ -67,7 +67,7 @@ def _batch_vs_single(images, args) -> dict:
     n = args.batch_n
     probe = fit(images, n, iters=args.short_iters, size=args.size, seed=args.seed)
     # The target: what the weakest image reaches in the short budget, so every fitter can get there.
-    target = round(min(m["psnr"] for m in probe.metrics) - 0.5, 2)
+    target = round(min(m["psnr"] for m in probe.metrics), 2)
     budget = args.iters * 3
 
     def run(imgs, init):
