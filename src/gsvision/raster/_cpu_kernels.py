@@ -309,24 +309,31 @@ def bin_gaussians(params, counts, height, width, tile, cutoff_q, eps):  # pragma
                     grect[p, 3] = (cb - tx * tile) // LANES + 1
                     p += 1
             gcount[f] = p - gstart[f]
-    # 3. regroup tile-major (CSR over jobs); Gaussians stay in ascending order within a tile
-    offsets = np.zeros(nb * ntiles + 1, np.int64)
+    # 3. regroup tile-major (CSR over jobs), one image per iteration: count per tile, prefix,
+    #    fill; Gaussians stay in ascending order within a tile
+    first = np.zeros(nb + 1, np.int64)  # each image's first pair
+    for b in range(nb):
+        first[b + 1] = first[b]
+        for f in range(b * n, b * n + n):
+            first[b + 1] += gcount[f]
+    offsets = np.empty(nb * ntiles + 1, np.int64)
+    offsets[nb * ntiles] = first[nb]
+    index = np.empty(first[nb], np.int32)
+    rect = np.empty((first[nb], 4), np.int32)
     for b in prange(nb):
+        fill = np.zeros(ntiles + 1, np.int64)
         for f in range(b * n, b * n + n):
             for p in range(gstart[f], gstart[f] + gcount[f]):
-                offsets[b * ntiles + gtile[p] + 1] += 1
-    for j in range(nb * ntiles):
-        offsets[j + 1] += offsets[j]
-    index = np.empty(offsets[nb * ntiles], np.int32)
-    rect = np.empty((offsets[nb * ntiles], 4), np.int32)
-    fill = offsets[: nb * ntiles].copy()
-    for b in prange(nb):
-        for i in range(n):
-            for p in range(gstart[b * n + i], gstart[b * n + i] + gcount[b * n + i]):
-                j = b * ntiles + gtile[p]
-                k = fill[j]
-                fill[j] = k + 1
-                index[k] = i
+                fill[gtile[p] + 1] += 1
+        fill[0] = first[b]
+        for t in range(ntiles):
+            fill[t + 1] += fill[t]
+        offsets[b * ntiles : b * ntiles + ntiles] = fill[:ntiles]
+        for f in range(b * n, b * n + n):
+            for p in range(gstart[f], gstart[f] + gcount[f]):
+                k = fill[gtile[p]]
+                fill[gtile[p]] = k + 1
+                index[k] = f - b * n
                 rect[k, 0], rect[k, 1], rect[k, 2], rect[k, 3] = (
                     grect[p, 0],
                     grect[p, 1],
