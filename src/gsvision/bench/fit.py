@@ -72,7 +72,9 @@ def _batch_vs_single(images, args) -> dict:
 
     def run(imgs, init):
         t0 = time.perf_counter()
-        r = fit(imgs, n, iters=budget, size=args.size, init=init, target_psnr=target, seed=args.seed)
+        r = fit(
+            imgs, n, iters=budget, size=args.size, init=init, target_psnr=target, seed=args.seed
+        )
         reached = all(m["psnr"] >= target - 0.1 for m in r.metrics)
         return time.perf_counter() - t0, r, reached
 
@@ -149,7 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
     names, images = _sample_images(args.images)
     prepare_images(images, args.size)  # fail early on bad images
     backend = resolve_backend("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"gsvision bench fit: {len(images)} images at {args.size}², backend {backend}", flush=True)
+    print(
+        f"gsvision bench fit: {len(images)} images at {args.size}², backend {backend}", flush=True
+    )
     result: dict = {"settings": {**vars(args), "images": names, "backend": backend}}
     fit(images[:1], 16, iters=2, size=32)  # compile/load the kernels outside the timings
     t0 = time.perf_counter()
