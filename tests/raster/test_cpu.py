@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+import raster_cases as H  # noqa: E402
 import torch
 
 from gsvision.raster import cpu, render, resolve_backend, set_backend
@@ -14,19 +11,6 @@ from gsvision.raster.reference import render_reference
 from gsvision.raster.sparse import render_sparse
 from gsvision.splats import Splats
 
-
-def _helpers():
-    """tests/raster/conftest.py as a module (its name ``conftest`` is ambiguous in sys.modules)."""
-    name = "_gsvision_tests_raster_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-H = _helpers()
 random_splats, compare_with_reference, relative_error = (
     H.random_splats,
     H.compare_with_reference,

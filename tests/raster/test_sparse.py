@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+import raster_cases as H  # noqa: E402
 import torch
 
 from gsvision.raster import render, sparse
 from gsvision.raster.reference import render_reference
 from gsvision.raster.sparse import patch_sizes, render_sparse
 from gsvision.splats import Splats
-
-
-def _helpers():
-    """tests/raster/conftest.py as a module (its name ``conftest`` is ambiguous in sys.modules)."""
-    name = "_gsvision_tests_raster_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-H = _helpers()
 
 # The weights are computed with the reference's own operations, so values and gradients agree to
 # float rounding in the scatter order: <= 4e-7 (float32), <= 1e-15 (float64) on these cases.

@@ -15,7 +15,6 @@ skipped without CUDA.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,24 +24,11 @@ import traceback
 from pathlib import Path
 
 import pytest
+import raster_cases as H  # noqa: E402
 import torch
 
 from gsvision.raster._binning import BOX_SLACK_PX, BOX_SLACK_REL, bin_gaussians
 from gsvision.raster.reference import CUTOFF_Q, CUTOFF_SIGMA, mahalanobis, render_reference
-
-
-def _helpers():
-    """tests/raster/conftest.py as a module (its name ``conftest`` is ambiguous in sys.modules)."""
-    name = "_gsvision_tests_raster_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-H = _helpers()
 
 # ----------------------------------------------------------------------------- interpreter cases
 #: name -> (random_splats kwargs, height, width, tolerance). All float32 unless stated.
