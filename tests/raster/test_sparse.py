@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import raster_cases as H  # noqa: E402
+import raster_cases as H
 import torch
 
 from gsvision.raster import render, sparse

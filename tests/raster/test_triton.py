@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 
 import pytest
-import raster_cases as H  # noqa: E402
+import raster_cases as H
 import torch
 
 from gsvision.raster._binning import BOX_SLACK_PX, BOX_SLACK_REL, bin_gaussians
