@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
     backends = [b for b in args.backends if status.get(b, "unknown backend") is None]
     skipped = {b: status.get(b, "unknown backend") for b in args.backends if b not in backends}
     height, width = args.size
+    load_at_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows = []
     for layout in args.layouts:
         for n in args.n:
@@ -294,6 +295,11 @@ def main(argv: list[str] | None = None) -> dict:
         "backends": backends,
         "backends_skipped": skipped,
         "numba_default_threads": _numba_threads(),
+        "environment": {
+            k: os.environ.get(k)
+            for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "GOMP_SPINCOUNT")
+        },
+        "load_average_at_start": load_at_start,
         "results": rows,
     }
     for r in rows:
