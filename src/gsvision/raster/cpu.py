@@ -40,6 +40,8 @@ from gsvision.splats import Splats
 
 __all__ = [
     "DEFAULT_TILE",
+    "LARGE_TILE",
+    "auto_tile",
     "RenderCPU",
     "forward_into",
     "render_cpu",
@@ -48,8 +50,13 @@ __all__ = [
     "unavailable_reason",
 ]
 
-#: Tile side in pixels (a multiple of the SIMD width, 8 or 16 float32 lanes, up to 32).
+#: Tile side for small jobs (a multiple of the SIMD width, 8 or 16 float32 lanes).
 DEFAULT_TILE = 16
+#: Tile side when there is enough work: fewer (Gaussian, tile) pairs, 5-12% faster forward +
+#: backward measured at N = 256-4096, 224x224, batch 16, 2 cores (AVX-512 and AVX2 builds).
+LARGE_TILE = 32
+#: Use :data:`LARGE_TILE` only if it leaves at least this many (image, tile) jobs per thread.
+JOBS_PER_THREAD = 8
 
 _kernels_module: ModuleType | None = None
 _kernels_error: str | None = None
@@ -134,6 +141,15 @@ def _grid(height: int, width: int, tile: int, dtype: np.dtype) -> tuple[np.ndarr
     return xs, ys, consts
 
 
+def auto_tile(batch: int, height: int, width: int) -> int:
+    """The tile side :func:`render_cpu` uses by default for this many images of this size."""
+    _kernels()  # raises the remembered ImportError where numba does not work
+    import numba
+
+    jobs = batch * -(-height // LARGE_TILE) * -(-width // LARGE_TILE)
+    return LARGE_TILE if jobs >= JOBS_PER_THREAD * numba.get_num_threads() else DEFAULT_TILE
+
+
 def _check(
     tile: int,
     mean_px: Tensor,  # [B, N, 2]
@@ -176,7 +192,7 @@ def forward_into(
     chol_px: Tensor,  # [B, N, 3] pixel units
     col: Tensor,  # [B, N, 3] effective colour
     counts: Tensor,  # [B] valid Gaussians per image
-    tile: int = DEFAULT_TILE,
+    tile: int | None = None,
 ) -> Tensor:
     """Render into a caller-provided buffer; every pixel is written (untouched ones with 0).
 
@@ -186,7 +202,8 @@ def forward_into(
         chol_px: Cholesky factors ``(l11, l21, l22)`` in pixels.
         col: colours, opacity already folded in.
         counts: valid leading slots per image.
-        tile: tile side, a multiple of the SIMD width (8 or 16) up to 32.
+        tile: tile side, a multiple of the SIMD width (8 or 16) up to 32; default
+            :func:`auto_tile`.
 
     Returns:
         ``out``, for chaining.
@@ -194,7 +211,9 @@ def forward_into(
     Raises:
         ValueError: on a dtype, device, shape or layout the kernel does not take.
     """
-    _check(tile, mean_px, chol_px, col, counts, out)
+    if tile is None and out.dim() == 4:
+        tile = auto_tile(out.shape[0], out.shape[1], out.shape[2])
+    _check(DEFAULT_TILE if tile is None else tile, mean_px, chol_px, col, counts, out)
     nb = mean_px.shape[0]
     if out.dim() != 4 or out.shape[0] != nb or out.shape[3] != 3 or not out.is_contiguous():
         raise ValueError(
@@ -221,7 +240,7 @@ class RenderCPU(torch.autograd.Function):
         counts: Tensor,  # [B]
         height: int,
         width: int,
-        tile: int = DEFAULT_TILE,
+        tile: int,
     ) -> Tensor:  # [B, H, W, 3]
         _check(tile, mean_px, chol_px, col, counts)
         if height <= 0 or width <= 0:
@@ -257,13 +276,18 @@ def render_cpu_pixels(
     counts: Tensor,  # [B]
     height: int,
     width: int,
-    tile: int = DEFAULT_TILE,
+    tile: int | None = None,
 ) -> Tensor:  # [B, H, W, 3]
-    """Differentiable render from pixel-space inputs (float32 or float64, CPU)."""
+    """Differentiable render from pixel-space inputs (float32 or float64, CPU).
+
+    ``tile`` defaults to :func:`auto_tile`; see :func:`render_cpu` for the rest.
+    """
+    if tile is None:
+        tile = auto_tile(mean_px.shape[0], int(height), int(width))
     return RenderCPU.apply(mean_px, chol_px, col, counts, int(height), int(width), int(tile))
 
 
-def render_cpu(splats: Splats, height: int, width: int, tile: int = DEFAULT_TILE) -> Tensor:
+def render_cpu(splats: Splats, height: int, width: int, tile: int | None = None) -> Tensor:
     """Render ``splats`` at ``height × width`` with the numba kernel; differentiable.
 
     Args:
@@ -271,7 +295,8 @@ def render_cpu(splats: Splats, height: int, width: int, tile: int = DEFAULT_TILE
             Float16/bfloat16 splats are rendered in float32 and the result cast back.
         height: output rows.
         width: output columns.
-        tile: tile side in pixels, a multiple of the SIMD width (8 or 16) up to 32.
+        tile: tile side in pixels, a multiple of the SIMD width (8 or 16) up to 32; default
+            :func:`auto_tile` (32 when that leaves every thread enough tiles, else 16).
 
     Returns:
         ``[B, height, width, 3]`` in the splats' dtype, not clamped.
