@@ -43,11 +43,7 @@ def fitted(tmp_path_factory):
 def test_fit_skips_the_corrupt_file_and_writes_the_rest(fitted, capsys):
     root, out, code = fitted
     assert code == 1
-    assert sorted(p.name for p in out.iterdir()) == [
-        "a.safetensors",
-        "b.safetensors",
-        "metrics.json",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == ["a.gsv", "b.gsv", "metrics.json"]
     report = json.loads((out / "metrics.json").read_text())
     assert [img["name"] for img in report["images"]] == ["a", "b"]
     assert len(report["failures"]) == 1
@@ -55,15 +51,73 @@ def test_fit_skips_the_corrupt_file_and_writes_the_rest(fitted, capsys):
     assert failure["source"].endswith("broken.jpg") and "corrupt or truncated" in failure["reason"]
     assert report["settings"]["n_gaussians"] == 16 and report["settings"]["size"] == 32
     for img in report["images"]:
-        assert img["psnr"] > 10 and img["iterations"] <= 20 and img["bytes"] > 0
+        assert img["psnr"] > 10 and img["iterations"] <= 20
+        assert img["bytes"] == (out / f"{img['name']}.gsv").stat().st_size
+        assert img["level"] == "medium" and img["ratio"] == pytest.approx(3072 / img["bytes"])
 
-    splats, meta = load_splats(out / "b.safetensors")
+    splats, _ = load_splats(out / "b.gsv")
     assert splats.batch_size == 1 and int(splats.counts[0]) == 16
     assert splats.image_sizes.tolist() == [[32, 32]]
+
+
+def test_fit_safetensors_keeps_float_splats_and_metadata(tmp_path):
+    Image.fromarray(smooth_image(1, 40, 48)).save(tmp_path / "b.jpg", quality=95)
+    out = tmp_path / "o"
+    assert (
+        main(["fit", str(tmp_path / "b.jpg"), "-o", str(out), *TINY, "--format", "safetensors"])
+        == 0
+    )
+    report = json.loads((out / "metrics.json").read_text())
+    splats, meta = load_splats(out / "b.safetensors")
+    assert int(splats.counts[0]) == 16 and splats.image_sizes.tolist() == [[32, 32]]
     assert meta["source"].endswith("b.jpg") and meta["original_size"] == [40, 48]
     assert meta["fitted_size"] == [32, 32] and meta["gsvision_version"] == __version__
-    assert meta["metrics"]["psnr"] == pytest.approx(report["images"][1]["psnr"])
+    assert meta["metrics"]["psnr"] == pytest.approx(report["images"][0]["psnr"])
     assert meta["settings"]["iters"] == 20
+
+
+@pytest.mark.parametrize(
+    ("flags", "check"),
+    [
+        (["--bytes", "300"], lambda m: m["bytes"] <= 300 and m["reached"]),
+        (["--ratio", "12"], lambda m: m["bytes"] <= 3072 / 12 and m["reached"]),
+        (["--psnr", "25", "-n", "64"], lambda m: m["psnr"] >= 25 and m["reached"]),
+        (["--level", "lossless"], lambda m: m["level"] == "lossless" and m["bytes"] > 16 * 32),
+    ],
+)
+def test_fit_rate_targets(tmp_path, flags, check):
+    Image.fromarray(smooth_image(6)).save(tmp_path / "a.png")
+    out = tmp_path / "o"
+    args = ["--iters", "60", "--size", "32", "-q", "-n", "16"]
+    assert main(["fit", str(tmp_path / "a.png"), "-o", str(out), *args, *flags]) == 0
+    (img,) = json.loads((out / "metrics.json").read_text())["images"]
+    assert check(img), img
+    assert img["bytes"] == (out / "a.gsv").stat().st_size
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--bytes", "100", "--format", "pt"], "need --format gsv"),
+        (["--bytes", "100", "--ratio", "3"], "give one rate target"),
+        (["--level", "ultra"], "unknown codec level"),
+        (["--ratio", "0"], "--ratio must be positive"),
+    ],
+)
+def test_fit_rate_flag_errors(tmp_path, capsys, flags, message):
+    assert main(["fit", "x.png", "-o", str(tmp_path / "o"), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_fit_budget_too_small_is_a_reported_failure(tmp_path, capsys):
+    Image.fromarray(smooth_image(7)).save(tmp_path / "a.png")
+    assert (
+        main(["fit", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--bytes", "50", "-q"])
+        == 2
+    )
+    assert (
+        "a budget of 50 bytes per image is below what one Gaussian needs" in capsys.readouterr().err
+    )
 
 
 def test_fit_all_failing_exits_2(tmp_path, capsys):
@@ -83,7 +137,7 @@ def test_fit_rejected_by_the_fitter_is_a_reported_failure(tmp_path, capsys):
     args = ["-o", str(tmp_path / "o"), "-n", "100", "--iters", "2", "--size", "native", "-q"]
     assert main(["fit", str(tmp_path / "small.png"), *args]) == 2
     assert "n_gaussians" in capsys.readouterr().err
-    assert not (tmp_path / "o" / "small.safetensors").exists()
+    assert not (tmp_path / "o" / "small.gsv").exists()
 
 
 def test_fit_batch_rejected_for_one_image_retries_the_others(tmp_path, capsys):
@@ -92,8 +146,8 @@ def test_fit_batch_rejected_for_one_image_retries_the_others(tmp_path, capsys):
     paths = [str(tmp_path / "tiny.png"), str(tmp_path / "ok.png")]
     args = ["-o", str(tmp_path / "o"), "-n", "100", "--iters", "2", "--size", "native", "-q"]
     assert main(["fit", *paths, *args]) == 1
-    assert (tmp_path / "o" / "ok.safetensors").exists()
-    assert not (tmp_path / "o" / "tiny.safetensors").exists()
+    assert (tmp_path / "o" / "ok.gsv").exists()
+    assert not (tmp_path / "o" / "tiny.gsv").exists()
     report = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert [f["source"] for f in report["failures"]] == [paths[0]]
     assert "retrying" in capsys.readouterr().err
@@ -106,13 +160,13 @@ def test_fit_duplicate_stems_get_distinct_outputs(tmp_path):
     paths = [str(tmp_path / "x" / "same.png"), str(tmp_path / "y" / "same.png")]
     args = ["-o", str(tmp_path / "o"), "-n", "4", "--iters", "2", "--size", "16", "-q"]
     assert main(["fit", *paths, *args]) == 0
-    assert (tmp_path / "o" / "same.safetensors").exists()
-    assert (tmp_path / "o" / "same-2.safetensors").exists()
+    assert (tmp_path / "o" / "same.gsv").exists()
+    assert (tmp_path / "o" / "same-2.gsv").exists()
 
 
 def test_render_default_size_explicit_size_and_ellipses(fitted, tmp_path, capsys):
     _, out, _ = fitted
-    src = str(out / "a.safetensors")
+    src = str(out / "a.gsv")
     assert main(["render", src, "-o", str(tmp_path / "r.png")]) == 0
     assert load_image(tmp_path / "r.png").shape == (32, 32, 3)
     assert main(["render", src, "-o", str(tmp_path / "s.png"), "--size", "48x40"]) == 0
@@ -128,28 +182,33 @@ def test_render_default_size_explicit_size_and_ellipses(fitted, tmp_path, capsys
 def test_render_user_errors_are_one_line(fitted, tmp_path, capsys):
     _, out, _ = fitted
     png = str(tmp_path / "r.png")
-    assert main(["render", str(out / "a.safetensors"), "-o", png, "--index", "3"]) == 2
+    assert main(["render", str(out / "a.gsv"), "-o", png, "--index", "3"]) == 2
     assert "--index 3 is out of range" in capsys.readouterr().err
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 100)
     assert main(["render", str(tmp_path / "junk.safetensors"), "-o", png]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "junk.safetensors" in err and "Traceback" not in err
-    assert main(["render", str(out / "a.safetensors"), "-o", png, "--size", "big"]) == 2
+    assert main(["render", str(out / "a.gsv"), "-o", png, "--size", "big"]) == 2
     assert "expected WxH" in capsys.readouterr().err
+    (tmp_path / "junk.gsv").write_bytes(b"\x89GSV" + b"\x00" * 40)
+    assert main(["render", str(tmp_path / "junk.gsv"), "-o", png]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "junk.gsv" in err and "Traceback" not in err
 
 
 def test_info_describes_files(fitted, tmp_path, capsys):
     _, out, _ = fitted
-    assert main(["info", str(out / "a.safetensors"), str(out / "b.safetensors")]) == 0
+    assert main(["info", str(out / "a.gsv"), str(out / "b.gsv")]) == 0
     text = capsys.readouterr().out
-    size = (out / "a.safetensors").stat().st_size
+    size = (out / "a.gsv").stat().st_size
     assert "capacity: 16" in text and "numbers per Gaussian: 8" in text
     assert "fitted size (WxH): 32x32" in text
     assert f"bytes on disk: {size:,}" in text and "raw pixels at the fitted size: 3,072" in text
     assert f"bits per pixel: {8 * size / 1024:.3f}" in text
-    assert "metrics: psnr" in text and "source:" in text
+    assert f"ratio to raw pixels: {size / 3072:.4f}" in text
+    assert "coding: image 0: 32x32, 16 Gaussians, quantised (position 12" in text
     (tmp_path / "bad.pt").write_bytes(b"garbage")
-    assert main(["info", str(out / "a.safetensors"), str(tmp_path / "bad.pt")]) == 1
+    assert main(["info", str(out / "a.gsv"), str(tmp_path / "bad.pt")]) == 1
     assert "bad.pt" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "bad.pt")]) == 2
     assert main(["info"]) == 2
@@ -192,7 +251,7 @@ def test_demo_writes_every_picture_and_table(tmp_path, capsys):
     assert main(["demo", "-o", str(out), "-n", "8", "--iters", "3", "--size", "24", "-q"]) == 0
     names = [p.stem for p in sample_images()]
     for name in names:
-        for suffix in ("_render.png", "_ellipses.png", "_comparison.png", ".safetensors"):
+        for suffix in ("_render.png", "_ellipses.png", "_comparison.png", ".gsv"):
             assert (out / f"{name}{suffix}").stat().st_size > 0, name + suffix
     assert load_image(out / f"{names[0]}_render.png").shape == (24, 24, 3)
     assert load_image(out / f"{names[0]}_ellipses.png").shape == (72, 72, 3)

@@ -122,7 +122,29 @@ def _add_fit_arguments(p: argparse.ArgumentParser, n: int, iters: int, size: str
     )
     p.add_argument("--iters", type=_positive_int, default=iters, help="iteration budget per image")
     p.add_argument(
-        "--psnr", type=float, default=None, metavar="DB", help="stop an image at this PSNR"
+        "--psnr",
+        type=float,
+        default=None,
+        metavar="DB",
+        help="quality target: with .gsv, the fewest Gaussians whose decoded PSNR reaches it "
+        "(-n is the most tried); otherwise stop fitting an image at this PSNR",
+    )
+    p.add_argument(
+        "--bytes", type=_positive_int, default=None, metavar="B", help=".gsv bytes per image"
+    )
+    p.add_argument(
+        "--ratio", type=float, default=None, metavar="R", help="raw pixel bytes / .gsv bytes"
+    )
+    p.add_argument(
+        "--level",
+        default="medium",
+        help="codec level: lossless, f16, high, medium (default), low",
+    )
+    p.add_argument(
+        "--format",
+        default="gsv",
+        choices=("gsv", "safetensors", "pt"),
+        help="output format (default gsv, the compact codec)",
     )
     p.add_argument(
         "--size",
@@ -145,6 +167,19 @@ def _add_fit_arguments(p: argparse.ArgumentParser, n: int, iters: int, size: str
 
 
 def _fit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    from gsvision.codec.quant import resolve_level
+
+    if args.format != "gsv" and (args.bytes is not None or args.ratio is not None):
+        raise CLIError("--bytes and --ratio need --format gsv (the codec)")
+    given = [f"--{k}" for k in ("bytes", "ratio", "psnr") if getattr(args, k) is not None]
+    if args.format == "gsv" and len(given) > 1:
+        raise CLIError(f"give one rate target, not {' and '.join(given)}")
+    if args.ratio is not None and not args.ratio > 0:
+        raise CLIError(f"--ratio must be positive, got {args.ratio}")
+    try:
+        resolve_level(args.level)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     return {
         "n_gaussians": args.n_gaussians,
         "iters": args.iters,
@@ -158,6 +193,10 @@ def _fit_settings(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "backend": None if args.backend == "auto" else args.backend,
         "device": args.device,
+        "format": args.format,
+        "level": args.level,
+        "bytes": args.bytes,
+        "ratio": args.ratio,
     }
 
 
@@ -196,14 +235,11 @@ def _fit_and_write(
     progress: bool,
     failures: list[dict[str, str]],
 ) -> list[_Fitted]:
-    """Fit ``loaded`` images in batches and write ``out/<name>.safetensors`` for each.
+    """Fit ``loaded`` images in batches and write ``out/<name>.<format>`` for each.
 
     A batch that the fitter rejects is retried one image at a time, so one bad image only fails
     itself; its reason is appended to ``failures``.
     """
-    from gsvision.fit import fit
-    from gsvision.io import save_splats
-
     names = _unique_names([p for p, _ in loaded])
     items = list(zip(names, loaded, strict=True))
     groups = [items[i : i + batch] for i in range(0, len(items), batch)]
@@ -218,7 +254,7 @@ def _fit_and_write(
         if label:
             print(f"gsvision: {label} ({len(group)} images)", file=sys.stderr)
         try:
-            result = fit([img for _, (_, img) in group], progress=progress, **settings)
+            results = _fit_group([img for _, (_, img) in group], settings, progress)
         except ValueError as exc:
             if len(group) > 1:  # find which image(s) the fitter rejects: retry one by one
                 print(f"gsvision: batch failed ({exc}); retrying its images alone", file=sys.stderr)
@@ -228,10 +264,11 @@ def _fit_and_write(
             print(f"gsvision: cannot fit {path}: {exc}", file=sys.stderr)
             failures.append({"source": str(path), "reason": str(exc)})
             continue
-        for i, (name, (path, image)) in enumerate(group):
-            one = result.splats[i].detach().to("cpu")
+        for (name, (path, image)), (one, target, metrics, payload) in zip(
+            group, results, strict=True
+        ):
             h, w = (int(v) for v in one.image_sizes[0])
-            metrics = _jsonable(result.metrics[i])
+            metrics = _jsonable(metrics)
             meta = {
                 "source": str(path),
                 "original_size": [int(image.shape[0]), int(image.shape[1])],
@@ -240,10 +277,48 @@ def _fit_and_write(
                 "settings": _jsonable(settings),
                 "gsvision_version": __version__,
             }
-            output = save_splats(out / f"{name}.safetensors", one, meta)
-            target = result.targets[i, :h, :w].detach().cpu()
+            output = out / f"{name}.{settings['format']}"
+            if payload is not None:  # .gsv: the payload alone; metrics.json holds the rest
+                _write_atomic(output, payload)
+            else:
+                from gsvision.io import save_splats
+
+                save_splats(output, one, meta)
             done.append(_Fitted(name, path, output, one, target, metrics))
     return done
+
+
+def _fit_group(images: list, settings: dict[str, Any], progress: bool) -> list[tuple]:
+    """Fit (and for .gsv, encode) one batch: ``(splats, target, metrics, payload or None)`` each."""
+    kwargs = {k: v for k, v in settings.items() if k not in _CODING_SETTINGS}
+    if settings["format"] != "gsv":
+        from gsvision.fit import fit
+
+        result = fit(images, progress=progress, **kwargs)
+        return [
+            (
+                result.splats[i].detach().to("cpu"),
+                result.targets[i, : int(hw[0]), : int(hw[1])].detach().cpu(),
+                result.metrics[i],
+                None,
+            )
+            for i, hw in enumerate(result.splats.image_sizes)
+        ]
+    from gsvision.codec.rate import RateTarget, fit_and_encode
+
+    target = RateTarget(settings["bytes"], settings["ratio"], kwargs.pop("target_psnr"))
+    n = kwargs.pop("n_gaussians")
+    coded = fit_and_encode(images, target, settings["level"], n, progress=progress, **kwargs)
+    return [(c.splats, c.target, c.metrics, c.payload) for c in coded]
+
+
+_CODING_SETTINGS = ("format", "level", "bytes", "ratio")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def _metrics_json(out: Path, fitted: list[_Fitted], failures: list, settings: dict) -> Path:
@@ -330,7 +405,7 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 # ==================================================================================== render
 def _render_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="FILE", help="splat file (.safetensors, .pt)")
+    p.add_argument("file", metavar="FILE", help="splat file (.gsv, .safetensors, .pt)")
     p.add_argument("-o", "--output", required=True, metavar="PNG", help="image to write")
     p.add_argument(
         "--size", type=_parse_wxh, default=None, metavar="WxH", help="default: the fitted size"
@@ -401,6 +476,10 @@ def _describe(path: Path) -> list[str]:
         f"  bytes on disk: {size:,}; raw pixels at the fitted size: {raw:,} bytes",
         f"  bits per pixel: {bpp:.3f}; ratio to raw pixels: {size / raw:.4f} ({versus})",
     ]
+    if path.suffix.lower() == ".gsv":
+        from gsvision.codec import describe
+
+        lines += [f"  coding: {d}" for d in describe(path.read_bytes())[:4]]
     metrics = meta.get("metrics")
     if isinstance(metrics, dict) and metrics:
         parts = []
@@ -484,15 +563,15 @@ def _run_demo(args: argparse.Namespace) -> int:
     rows = _table_rows(fitted)
     (out / "metrics.md").write_text(
         f"# gsvision demo\n\nN = {args.n_gaussians}, iterations ≤ {args.iters}, size "
-        f"{args.size}, gsvision {__version__}. Seconds are the wall time of the batch that "
-        "fitted the image; bytes are the .safetensors file (uncompressed).\n\n"
-        + _markdown_table(rows)
+        f"{args.size}, level {args.level}, gsvision {__version__}. Seconds are the wall time of "
+        f"the batch that fitted the image; bytes are the .{args.format} file; PSNR and SSIM are "
+        "measured on what that file decodes to.\n\n" + _markdown_table(rows)
     )
     _metrics_json(out, fitted, failures, settings)
     _print_table(rows)
     print(
         f"\nwrote to {out}/ in {time.perf_counter() - start:.0f} s: per image <name>_render.png, "
-        "<name>_ellipses.png, <name>_comparison.png, <name>.safetensors; metrics.md, metrics.json"
+        f"<name>_ellipses.png, <name>_comparison.png, <name>.{args.format}; metrics.md, metrics.json"
     )
     return _exit_code(len(fitted), len(failures))
 

@@ -1,0 +1,124 @@
+"""The lossless stage: integer streams → bytes → zstandard, and back, with bounded memory.
+
+- Morton-code deltas (non-negative, small after sorting) as LEB128 varints;
+- other codes as byte planes (low byte of every value, then the next byte, ...), which zstd's
+  Huffman stage models well;
+- everything in one zstd frame per image; decompression never produces more than the size the
+  header declares, and never uses a window above :data:`MAX_WINDOW`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import zstandard
+
+__all__ = [
+    "varint_encode",
+    "varint_decode",
+    "planes_encode",
+    "planes_decode",
+    "compress",
+    "decompress",
+    "StreamError",
+]
+
+#: Largest zstd window a decoder will allocate (payloads are per image, far below it).
+MAX_WINDOW = 1 << 23
+ZSTD_LEVEL = 19
+
+
+class StreamError(ValueError):
+    """A coded stream is malformed (wrapped into ``CodecError`` by the decoder)."""
+
+
+def varint_encode(values: np.ndarray) -> bytes:
+    """Unsigned integers (< 2**35) as little-endian base-128 varints."""
+    v = np.asarray(values, dtype=np.uint64)
+    if v.size == 0:
+        return b""
+    nbytes = np.ones(v.shape, dtype=np.int64)
+    for k in range(1, 5):
+        nbytes += v >= (np.uint64(1) << np.uint64(7 * k))
+    out = np.zeros(int(nbytes.sum()), dtype=np.uint8)
+    starts = np.concatenate([[0], np.cumsum(nbytes)[:-1]])
+    for k in range(5):
+        has = nbytes > k
+        byte = (v[has] >> np.uint64(7 * k)) & np.uint64(0x7F)
+        more = (nbytes[has] > k + 1).astype(np.uint64) << np.uint64(7)
+        out[starts[has] + k] = (byte | more).astype(np.uint8)
+    return out.tobytes()
+
+
+def varint_decode(data: bytes | memoryview, count: int) -> tuple[np.ndarray, int]:
+    """Read ``count`` varints from the start of ``data``; returns ``(values, bytes used)``."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64), 0
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buf < 0x80)
+    if ends.size < count:
+        raise StreamError(f"position stream holds {ends.size} complete varints, expected {count}")
+    ends = ends[:count]
+    used = int(ends[-1]) + 1
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts + 1
+    if lengths.max() > 5:
+        raise StreamError("position stream holds a varint longer than 5 bytes")
+    values = np.zeros(count, dtype=np.int64)
+    for k in range(int(lengths.max())):
+        has = lengths > k
+        values[has] |= (buf[starts[has] + k].astype(np.int64) & 0x7F) << (7 * k)
+    return values, used
+
+
+def planes_encode(values: np.ndarray, nbytes: int) -> bytes:
+    """Non-negative integers (< 256**nbytes) as ``nbytes`` byte planes, low byte first."""
+    v = np.asarray(values, dtype=np.int64).reshape(-1)
+    return b"".join(((v >> (8 * k)) & 0xFF).astype(np.uint8).tobytes() for k in range(nbytes))
+
+
+def planes_decode(data: bytes | memoryview, count: int, nbytes: int) -> np.ndarray:
+    """Inverse of :func:`planes_encode` (``data`` must hold exactly ``count * nbytes`` bytes)."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if buf.size != count * nbytes:
+        raise StreamError(f"byte-plane stream is {buf.size} bytes, expected {count * nbytes}")
+    out = np.zeros(count, dtype=np.int64)
+    for k in range(nbytes):
+        out |= buf[k * count : (k + 1) * count].astype(np.int64) << (8 * k)
+    return out
+
+
+def compress(raw: bytes, level: int = ZSTD_LEVEL) -> bytes:
+    """One zstd frame holding ``raw`` (its size recorded in the frame, no zstd checksum)."""
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, source_size=len(raw), write_checksum=False, write_content_size=True
+    )
+    return zstandard.ZstdCompressor(compression_params=params).compress(raw)
+
+
+def decompress(frame: bytes | memoryview, size: int) -> bytes:
+    """Exactly ``size`` bytes from one zstd frame, reading no further than that."""
+    dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+    try:
+        with dctx.stream_reader(bytes(frame), read_across_frames=False) as reader:
+            out = reader.read(size + 1)
+            while len(out) < size + 1:  # the reader may return short reads
+                more = reader.read(size + 1 - len(out))
+                if not more:
+                    break
+                out += more
+    except zstandard.ZstdError as exc:
+        raise StreamError(f"zstd data is corrupt ({exc})") from exc
+    if len(out) != size:
+        raise StreamError(
+            f"zstd data holds {'more' if len(out) > size else len(out)} bytes, header says {size}"
+        )
+    # The reader above goes on into following frames; the body must be exactly one frame. Its
+    # output is now known to be at most ``size`` bytes, so decoding it again is bounded.
+    try:
+        one = dctx.decompressobj()
+        first = one.decompress(bytes(frame))
+    except zstandard.ZstdError as exc:
+        raise StreamError(f"zstd data is corrupt ({exc})") from exc
+    if len(first) != size or not one.eof or one.unused_data:
+        raise StreamError("zstd data is not exactly one frame (extra frames or bytes after it)")
+    return out

@@ -1,0 +1,217 @@
+"""The ``.gsv`` container: magic, version, per-image headers, limits and the checksum.
+
+Byte layout (all little-endian; the full specification with field tables is ``docs/format.md``)::
+
+    payload  = file_header  metadata  record*count  crc32
+    file_header (12 B) = magic "\\x89GSV" | u8 version | u8 flags (0) | u16 count | u32 metadata_len
+    metadata = metadata_len bytes of UTF-8 JSON (an object), or nothing
+    record   = image_header (80 B) | coded_len bytes (one zstd frame)
+    crc32    = u32 CRC-32 (zlib) of every byte before it
+
+This module knows nothing about Gaussians: it checks every field against :data:`LIMITS` before
+anything is allocated, and raises :class:`CodecError` naming the field on any inconsistency.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "CodecError",
+    "MAGIC",
+    "VERSION",
+    "MODES",
+    "LIMITS",
+    "ImageHeader",
+    "pack",
+    "unpack",
+]
+
+MAGIC = b"\x89GSV"
+VERSION = 1
+
+#: How an image's Gaussians are coded: exact float32, float16, or quantised integer codes.
+MODES = {0: "float32", 1: "float16", 2: "quantised"}
+MODE_IDS = {name: key for key, name in MODES.items()}
+
+#: Bounds every decoder enforces before allocating (documented in docs/format.md).
+LIMITS = {
+    "max_images": 4096,  # images in one payload
+    "max_side": 16384,  # pixels, height and width
+    "max_gaussians": 1 << 20,  # per image
+    "max_metadata": 1 << 20,  # bytes of JSON metadata
+    "max_expansion": 1024,  # decoded bytes per coded byte, above a 1 MiB floor
+    "expansion_floor": 1 << 20,
+    "max_abs_range": 1e6,  # |quantisation range end|
+}
+
+_FILE = struct.Struct("<4sBBHI")
+# h, w, n, mode, flags, pos/scale/angle/color bits, reserved u16, 14 float32 ranges, raw, coded
+_IMAGE = struct.Struct("<HHIBBBBBBH14fII")
+_CRC = struct.Struct("<I")
+
+FLAG_OPACITY = 1  # float modes only: a fourth field of opacities follows the colours
+
+
+class CodecError(ValueError):
+    """A ``.gsv`` payload is malformed, truncated, corrupt, hostile or exceeds a limit."""
+
+
+@dataclass
+class ImageHeader:
+    """One image's header: everything needed to size and decode its coded body."""
+
+    height: int
+    width: int
+    n: int
+    mode: str  # a value of MODES
+    flags: int = 0
+    bits: tuple[int, int, int, int] = (0, 0, 0, 0)  # pos, scale, angle, color
+    ranges: tuple[float, ...] = (
+        0.0,
+    ) * 14  # pos lo, hi [2+2]; scale lo, hi [2+2]; color lo, hi [3+3]
+    raw_len: int = 0
+    body: bytes = field(default=b"", repr=False)  # the coded (zstd) bytes
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise CodecError(message)
+
+
+def pack(images: list[ImageHeader], metadata: dict[str, Any] | None = None) -> bytes:
+    """Serialise image records (and optional JSON metadata) into one checksummed payload."""
+    _check(1 <= len(images) <= LIMITS["max_images"], f"need 1..{LIMITS['max_images']} images")
+    _check(
+        metadata is None or isinstance(metadata, dict), "metadata must be a dict (a JSON object)"
+    )
+    meta = b"" if not metadata else json.dumps(metadata, separators=(",", ":")).encode()
+    _check(len(meta) <= LIMITS["max_metadata"], f"metadata is {len(meta)} bytes, limit 1 MiB")
+    parts = [_FILE.pack(MAGIC, VERSION, 0, len(images), len(meta)), meta]
+    for i, im in enumerate(images):
+        fields = (
+            im.height, im.width, im.n, MODE_IDS[im.mode], im.flags, *im.bits, 0,
+            *im.ranges, im.raw_len, len(im.body),
+        )  # fmt: skip
+        checked = _image_header(i, fields)  # refuse to write what unpack would refuse to read
+        checked.body = im.body
+        _check_expansion(i, checked)
+        parts.append(_IMAGE.pack(*fields))
+        parts.append(im.body)
+    data = b"".join(parts)
+    return data + _CRC.pack(zlib.crc32(data))
+
+
+def unpack(data: bytes | bytearray | memoryview) -> tuple[list[ImageHeader], dict[str, Any]]:
+    """Parse and check a payload's container; returns the image records and the metadata dict.
+
+    Raises:
+        CodecError: for anything but a well-formed payload within :data:`LIMITS`.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CodecError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    minimum = _FILE.size + _CRC.size
+    _check(len(data) >= 4, f"payload is {len(data)} bytes, too short to be a .gsv payload")
+    _check(data[:4] == MAGIC, f"not a .gsv payload (magic bytes {data[:4]!r}, expected {MAGIC!r})")
+    _check(len(data) >= minimum, f"truncated payload: {len(data)} bytes, header needs {minimum}")
+    magic, version, flags, count, meta_len = _FILE.unpack_from(data, 0)
+    _check(version == VERSION, f"unsupported .gsv version {version} (this reader knows {VERSION})")
+    (stored,) = _CRC.unpack_from(data, len(data) - _CRC.size)
+    actual = zlib.crc32(data[: -_CRC.size])
+    _check(
+        stored == actual,
+        f"checksum mismatch (stored {stored:08x}, computed {actual:08x}): payload corrupt, "
+        "truncated or followed by extra bytes",
+    )
+    _check(flags == 0, f"unknown file flags {flags:#x}")
+    _check(
+        1 <= count <= LIMITS["max_images"], f"image count {count} outside 1..{LIMITS['max_images']}"
+    )
+    end = len(data) - _CRC.size
+    pos = _FILE.size
+    _check(meta_len <= LIMITS["max_metadata"], f"metadata length {meta_len} exceeds 1 MiB")
+    _check(pos + meta_len <= end, f"metadata length {meta_len} runs past the end of the payload")
+    metadata = _parse_metadata(data[pos : pos + meta_len])
+    pos += meta_len
+    images = []
+    for i in range(count):
+        _check(pos + _IMAGE.size <= end, f"image {i}: header truncated at byte {pos}")
+        fields = _IMAGE.unpack_from(data, pos)
+        pos += _IMAGE.size
+        header = _image_header(i, fields)
+        coded_len = fields[-1]
+        _check(pos + coded_len <= end, f"image {i}: body of {coded_len} bytes runs past the end")
+        header.body = data[pos : pos + coded_len]
+        pos += coded_len
+        _check_expansion(i, header)
+        images.append(header)
+    _check(pos == end, f"{end - pos} unexpected bytes after the last image")
+    return images, metadata
+
+
+def _parse_metadata(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting: Recursion
+        raise CodecError(f"metadata is not UTF-8 JSON ({exc})") from exc
+    _check(isinstance(meta, dict), f"metadata is a JSON {type(meta).__name__}, expected an object")
+    return meta
+
+
+def _image_header(i: int, fields: tuple) -> ImageHeader:
+    h, w, n, mode_id, flags, pb, sb, ab, cb, reserved, *rest = fields
+    ranges, raw_len = tuple(rest[:14]), rest[14]
+    side = LIMITS["max_side"]
+    _check(1 <= h <= side and 1 <= w <= side, f"image {i}: size {h}x{w} outside 1..{side}")
+    _check(
+        n <= LIMITS["max_gaussians"],
+        f"image {i}: {n} Gaussians exceeds the limit {LIMITS['max_gaussians']}",
+    )
+    _check(n <= h * w, f"image {i}: {n} Gaussians for a {h}x{w} image (more than its pixels)")
+    _check(mode_id in MODES, f"image {i}: unknown coding mode {mode_id}")
+    _check(reserved == 0, f"image {i}: reserved header field is {reserved}, expected 0")
+    mode = MODES[mode_id]
+    if mode == "quantised":
+        _check(flags == 0, f"image {i}: unknown flags {flags:#x} for a quantised image")
+        from gsvision.codec.quant import MAX_BITS  # limits of the quantiser
+
+        for name, value in zip(MAX_BITS, (pb, sb, ab, cb), strict=True):
+            top = MAX_BITS[name]
+            _check(1 <= value <= top, f"image {i}: {name}={value} outside 1..{top}")
+        big = LIMITS["max_abs_range"]
+        _check(
+            all(math.isfinite(r) and abs(r) <= big for r in ranges),
+            f"image {i}: a quantisation range is NaN, infinite or beyond ±{big:g}",
+        )
+        for lo, hi in (
+            (ranges[0:2], ranges[2:4]),
+            (ranges[4:6], ranges[6:8]),
+            (ranges[8:11], ranges[11:14]),
+        ):
+            _check(
+                all(a <= b for a, b in zip(lo, hi, strict=True)),
+                f"image {i}: a quantisation range has lo > hi",
+            )
+    else:
+        _check(flags in (0, FLAG_OPACITY), f"image {i}: unknown flags {flags:#x}")
+        _check((pb, sb, ab, cb) == (0, 0, 0, 0), f"image {i}: bit depths set for a {mode} image")
+        _check(all(r == 0 for r in ranges), f"image {i}: ranges set for a {mode} image")
+    return ImageHeader(h, w, n, mode, flags, (pb, sb, ab, cb), ranges, raw_len)
+
+
+def _check_expansion(i: int, header: ImageHeader) -> None:
+    """Refuse bodies that would decompress out of proportion to their coded size."""
+    allowed = max(LIMITS["expansion_floor"], LIMITS["max_expansion"] * len(header.body))
+    _check(
+        header.raw_len <= allowed,
+        f"image {i}: declares {header.raw_len} decoded bytes from {len(header.body)} coded bytes "
+        f"(limit {allowed})",
+    )

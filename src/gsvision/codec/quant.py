@@ -1,0 +1,271 @@
+"""Quantisation of one image's Gaussians to integer codes, and back.
+
+Each Gaussian is coded as
+- its centre ``(x, y)``, ``pos_bits`` per coordinate, uniform over the image's own min/max box;
+- its shape as ``(log σ_major, log σ_minor, θ)`` in pixels at the fitted size (``scale_bits`` each,
+  uniform over the image's log-scale range; ``angle_bits`` for θ over ``[0, π)``), which spends the
+  bits where the eye sees them: relative size and orientation, not raw Cholesky entries;
+- its colour, ``color_bits`` per RGB channel over the image's min/max per channel.
+
+The same functions serve the encoder (codes), the decoder (values from codes) and
+quantisation-aware fine-tuning (:func:`fake_quantise`, differentiable by the straight-through rule),
+so what the fitter optimises is exactly what the decoder reproduces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "QuantSpec",
+    "LEVELS",
+    "Ranges",
+    "to_shape",
+    "from_shape",
+    "quantise",
+    "dequantise",
+    "fake_quantise",
+    "morton_order",
+    "resolve_level",
+]
+
+#: Bits per field are limited so codes fit the format's fields (positions up to 16 bits).
+MAX_BITS = {"pos_bits": 16, "scale_bits": 12, "angle_bits": 12, "color_bits": 12}
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """Bit depths of one quantised level (see the module docstring for what each covers)."""
+
+    pos_bits: int = 12
+    scale_bits: int = 8
+    angle_bits: int = 8
+    color_bits: int = 9
+
+    def check(self) -> QuantSpec:
+        for name, top in MAX_BITS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= top:
+                raise ValueError(
+                    f"QuantSpec.{name} must be an integer in [1, {top}], got {value!r}"
+                )
+        return self
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+#: Named levels: ``lossless`` (float32, bit-exact), ``f16`` (float16, near-lossless) and quantised
+#: presets from fine to coarse. Rate control picks among the quantised ones.
+LEVELS: dict[str, QuantSpec | str] = {
+    "lossless": "float32",
+    "f16": "float16",
+    "high": QuantSpec(pos_bits=13, scale_bits=9, angle_bits=8, color_bits=10),
+    "medium": QuantSpec(pos_bits=12, scale_bits=8, angle_bits=8, color_bits=9),
+    "low": QuantSpec(pos_bits=11, scale_bits=7, angle_bits=6, color_bits=8),
+}
+
+
+def resolve_level(level: str | QuantSpec) -> QuantSpec | str:
+    """``"float32"``, ``"float16"`` or a checked :class:`QuantSpec` for a level name or spec."""
+    if isinstance(level, QuantSpec):
+        return level.check()
+    if isinstance(level, str) and level in LEVELS:
+        found = LEVELS[level]
+        return found.check() if isinstance(found, QuantSpec) else found
+    raise ValueError(f"unknown codec level {level!r}; choose from {sorted(LEVELS)} or a QuantSpec")
+
+
+@dataclass
+class Ranges:
+    """Per-image ranges that map codes to values, stored as float32 in each image header."""
+
+    pos_lo: Tensor  # [2]
+    pos_hi: Tensor  # [2]
+    scale_lo: Tensor  # [2]  log σ (major, minor), pixels
+    scale_hi: Tensor  # [2]
+    color_lo: Tensor  # [3]
+    color_hi: Tensor  # [3]
+
+    def tensors(self) -> list[Tensor]:
+        return [
+            self.pos_lo,
+            self.pos_hi,
+            self.scale_lo,
+            self.scale_hi,
+            self.color_lo,
+            self.color_hi,
+        ]
+
+    @classmethod
+    def from_values(cls, pos: Tensor, logscale: Tensor, colors: Tensor) -> Ranges:
+        def span(t: Tensor, width: int) -> tuple[Tensor, Tensor]:
+            if t.shape[0] == 0:
+                return t.new_zeros(width), t.new_zeros(width)
+            return t.min(0).values.float(), t.max(0).values.float()
+
+        return cls(*span(pos, 2), *span(logscale, 2), *span(colors, 3))
+
+
+def to_shape(chol_px: Tensor) -> Tensor:
+    """``[..., 3]`` pixel Cholesky ``(l11, l21, l22)`` → ``(log σ_major, log σ_minor, θ ∈ [0, π))``."""
+    l11, l21, l22 = chol_px.unbind(-1)
+    a = l11 * l11  # Σ = L Lᵀ = [[a, b], [b, c]]
+    b = l11 * l21
+    c = l21 * l21 + l22 * l22
+    half_diff = (a - c) / 2
+    radius = torch.sqrt(half_diff * half_diff + b * b)
+    mid = (a + c) / 2
+    det = (l11 * l22) ** 2
+    major = mid + radius
+    minor = det / major  # λ_min = det / λ_max avoids cancellation for thin Gaussians
+    theta = 0.5 * torch.atan2(b, half_diff)
+    theta = torch.remainder(theta, math.pi)
+    return torch.stack([0.5 * torch.log(major), 0.5 * torch.log(minor), theta], -1)
+
+
+def from_shape(shape: Tensor) -> Tensor:
+    """Inverse of :func:`to_shape`: ``(log σ_major, log σ_minor, θ)`` → pixel Cholesky factors."""
+    log_major, log_minor, theta = shape.unbind(-1)
+    s1, s2 = torch.exp(2 * log_major), torch.exp(2 * log_minor)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    a = s1 * cos * cos + s2 * sin * sin
+    b = (s1 - s2) * sin * cos
+    l11 = torch.sqrt(a)
+    l21 = b / l11
+    l22 = torch.exp(log_major + log_minor) / l11  # sqrt(det Σ) / l11
+    return torch.stack([l11, l21, l22], -1)
+
+
+#: Colours are coded in an orthonormal luma/chroma basis: the chroma channels span far less than
+#: RGB does, so with one step for all three they need fewer code values (and bytes), and the error
+#: per RGB channel stays what it is per coded channel.
+_COLOR_BASIS = torch.tensor(
+    [
+        [3**-0.5, 3**-0.5, 3**-0.5],
+        [2**-0.5, 0.0, -(2**-0.5)],
+        [6**-0.5, -2 * 6**-0.5, 6**-0.5],
+    ]
+)
+
+
+def _levels(bits: int) -> float:
+    return float((1 << bits) - 1)
+
+
+def _step(lo: Tensor, hi: Tensor, bits: int) -> Tensor:
+    """One step for all channels of a field: the widest channel's range over the code levels."""
+    return (hi - lo).max() / _levels(bits)
+
+
+def _uniform_codes(values: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
+    step = _step(lo, hi, bits)
+    scaled = torch.where(step > 0, (values - lo) / torch.where(step > 0, step, 1.0), 0.0)
+    return torch.round(scaled).clamp_(0, _levels(bits)).to(torch.int64)
+
+
+def _uniform_values(codes: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
+    return lo + codes.to(torch.float32) * _step(lo, hi, bits)
+
+
+def _angle_codes(theta: Tensor, bits: int) -> Tensor:
+    return torch.round(theta * ((1 << bits) / math.pi)).to(torch.int64) % (1 << bits)
+
+
+def _angle_values(codes: Tensor, bits: int) -> Tensor:
+    return codes.to(torch.float32) * (math.pi / (1 << bits))
+
+
+def quantise(
+    means: Tensor,  # [N, 2] normalised
+    chol: Tensor,  # [N, 3] normalised
+    colors: Tensor,  # [N, 3]
+    size: tuple[int, int],  # (H, W) fitted at
+    spec: QuantSpec,
+) -> tuple[dict[str, Tensor], Ranges]:
+    """Integer codes (``pos [N, 2]``, ``scale [N, 2]``, ``angle [N]``, ``color [N, 3]``) and ranges.
+
+    Computed in float32 on the CPU whatever the input, so encoder and decoder agree bit for bit.
+    """
+    h, w = size
+    means, chol, colors = (t.detach().to("cpu", torch.float32) for t in (means, chol, colors))
+    chol_px = chol * torch.tensor([w, h, h], dtype=torch.float32)
+    shape = to_shape(chol_px)
+    colors_t = colors @ _COLOR_BASIS.T
+    ranges = Ranges.from_values(means, shape[:, :2], colors_t)
+    codes = {
+        "pos": _uniform_codes(means, ranges.pos_lo, ranges.pos_hi, spec.pos_bits),
+        "scale": _uniform_codes(shape[:, :2], ranges.scale_lo, ranges.scale_hi, spec.scale_bits),
+        "angle": _angle_codes(shape[:, 2], spec.angle_bits),
+        "color": _uniform_codes(colors_t, ranges.color_lo, ranges.color_hi, spec.color_bits),
+    }
+    return codes, ranges
+
+
+def dequantise(
+    codes: dict[str, Tensor], ranges: Ranges, size: tuple[int, int], spec: QuantSpec
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(means, chol, colors)`` in normalised units (float32) from :func:`quantise`'s output."""
+    h, w = size
+    means = _uniform_values(codes["pos"], ranges.pos_lo, ranges.pos_hi, spec.pos_bits)
+    logscale = _uniform_values(codes["scale"], ranges.scale_lo, ranges.scale_hi, spec.scale_bits)
+    theta = _angle_values(codes["angle"], spec.angle_bits)
+    chol_px = from_shape(torch.cat([logscale, theta[:, None]], 1))
+    chol = chol_px / torch.tensor([w, h, h], dtype=torch.float32)
+    colors_t = _uniform_values(codes["color"], ranges.color_lo, ranges.color_hi, spec.color_bits)
+    return means, chol, colors_t @ _COLOR_BASIS
+
+
+def fake_quantise(
+    means: Tensor, chol: Tensor, colors: Tensor, size: tuple[int, int], spec: QuantSpec
+) -> tuple[Tensor, Tensor, Tensor]:
+    """What the decoder would return, in the inputs' order, with identity gradients (straight-through).
+
+    Used by quantisation-aware fine-tuning: the forward pass sees the quantised splats, the
+    backward pass updates the underlying float parameters.
+    """
+    codes, ranges = quantise(means, chol, colors, size, spec)
+    q = dequantise(codes, ranges, size, spec)
+    return tuple(
+        x + (qx.to(x.device, x.dtype) - x).detach()
+        for x, qx in zip((means, chol, colors), q, strict=True)
+    )
+
+
+def _spread_bits(v: Tensor) -> Tensor:
+    """Put the low 16 bits of ``v`` on the even bit positions (for Morton codes)."""
+    v = v & 0xFFFF
+    v = (v | (v << 8)) & 0x00FF00FF
+    v = (v | (v << 4)) & 0x0F0F0F0F
+    v = (v | (v << 2)) & 0x33333333
+    v = (v | (v << 1)) & 0x55555555
+    return v
+
+
+def _compact_bits(v: Tensor) -> Tensor:
+    """Inverse of :func:`_spread_bits`."""
+    v = v & 0x55555555
+    v = (v | (v >> 1)) & 0x33333333
+    v = (v | (v >> 2)) & 0x0F0F0F0F
+    v = (v | (v >> 4)) & 0x00FF00FF
+    v = (v | (v >> 8)) & 0x0000FFFF
+    return v
+
+
+def morton_codes(pos_codes: Tensor) -> Tensor:
+    """``[N, 2]`` integer ``(x, y)`` codes → ``[N]`` Z-order (Morton) codes (x on the even bits)."""
+    return _spread_bits(pos_codes[:, 0]) | (_spread_bits(pos_codes[:, 1]) << 1)
+
+
+def morton_decode(codes: Tensor) -> Tensor:
+    """``[N]`` Morton codes → ``[N, 2]`` ``(x, y)`` integer codes."""
+    return torch.stack([_compact_bits(codes), _compact_bits(codes >> 1)], 1)
+
+
+def morton_order(pos_codes: Tensor) -> Tensor:
+    """The permutation that sorts Gaussians along the Z-order curve (stable for ties)."""
+    return torch.sort(morton_codes(pos_codes), stable=True).indices

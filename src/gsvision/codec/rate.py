@@ -1,0 +1,252 @@
+"""Rate control: fit and encode each image to a byte budget, a compression ratio or a PSNR target.
+
+- ``bytes`` / ``ratio``: the number of Gaussians is chosen from the level's measured cost per
+  Gaussian, the batch is fitted, and any image still over its budget drops its least important
+  Gaussians (footprint score) until its payload fits; what was reached is reported per image.
+- ``psnr``: images climb a ladder of Gaussian counts (128, 256, ... up to ``n_max``, skipping rungs when far short), each rung
+  fitting only the images not yet good enough with an early stop a little above the target (the
+  level's quantisation loss); the first rung whose *decoded* PSNR reaches the target is kept.
+
+PSNR is always measured on the decoded payload, i.e. what a receiver sees.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gsvision.codec import decode, encode
+from gsvision.codec.quant import QuantSpec, resolve_level
+from gsvision.fit import fit
+from gsvision.fit.prune import luminance_score
+from gsvision.metrics import psnr, ssim
+from gsvision.raster import render
+from gsvision.splats import Splats
+
+__all__ = ["RateTarget", "CodedImage", "fit_and_encode", "trim_to_bytes", "bytes_per_gaussian"]
+
+# Measured payload bytes per Gaussian (6 photos, 224², N = 400–2,048, `gsvision bench codec`) and
+# the PSNR each level loses to quantisation at N ≈ 1,000, with some margin.
+_BYTES_PER_GAUSSIAN = {"float32": 27.0, "float16": 14.5, "high": 9.3, "medium": 8.3, "low": 7.4}
+_QUANT_LOSS_DB = {"float32": 0.0, "float16": 0.1, "high": 0.1, "medium": 0.2, "low": 0.8}
+_OVERHEAD = 110  # file header, image header, zstd frame header, checksum
+_LADDER_START = 128
+_DB_PER_DOUBLING = 3.0  # PSNR gained per doubling of N, measured 3-4 dB (docs/benchmarks.md)
+
+
+@dataclass(frozen=True)
+class RateTarget:
+    """At most one of ``bytes`` (per image), ``ratio`` (raw pixel bytes / payload) or ``psnr``."""
+
+    bytes: int | None = None
+    ratio: float | None = None
+    psnr: float | None = None
+
+    def check(self) -> RateTarget:
+        given = [k for k in ("bytes", "ratio", "psnr") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one rate target, got {given}")
+        for k in given:
+            v = getattr(self, k)
+            if not math.isfinite(v) or v <= 0:
+                raise ValueError(f"rate target {k} must be a positive number, got {v}")
+        return self
+
+    @property
+    def kind(self) -> str | None:
+        return next((k for k in ("bytes", "ratio", "psnr") if getattr(self, k) is not None), None)
+
+    def budget(self, height: int, width: int) -> int | None:
+        """Bytes allowed for one ``height × width`` image (``None`` without a byte target)."""
+        if self.bytes is not None:
+            return int(self.bytes)
+        if self.ratio is not None:
+            return int(3 * height * width / self.ratio)
+        return None
+
+
+@dataclass
+class CodedImage:
+    """One fitted and encoded image."""
+
+    payload: bytes
+    splats: Splats  # what the payload decodes to
+    target: Tensor  # [H, W, 3] the fitted image in [0, 1]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _key(level: str | QuantSpec) -> str | None:
+    """The table key of a named level (``None`` for a custom :class:`QuantSpec`)."""
+    how = resolve_level(level)
+    if isinstance(how, str):
+        return how
+    return level if isinstance(level, str) else None
+
+
+def bytes_per_gaussian(level: str | QuantSpec) -> float:
+    """The measured (or, for a custom spec, estimated) payload bytes per Gaussian of a level."""
+    key = _key(level)
+    if key is not None:
+        return _BYTES_PER_GAUSSIAN[key]
+    spec = resolve_level(level)  # scale the medium level's cost by the bits spent
+    bits = spec.pos_bits * 1.4 + 2 * spec.scale_bits + spec.angle_bits + 3 * spec.color_bits
+    return _BYTES_PER_GAUSSIAN["medium"] * bits / (12 * 1.4 + 16 + 8 + 27)
+
+
+def _quant_loss(level: str | QuantSpec) -> float:
+    key = _key(level)
+    return _QUANT_LOSS_DB[key] if key is not None else 0.3
+
+
+def trim_to_bytes(splats: Splats, budget: int, level: str | QuantSpec) -> tuple[Splats, bytes]:
+    """Drop one image's least important Gaussians until its payload fits ``budget`` bytes.
+
+    Returns the trimmed splats (most important first) and their payload. Raises ``ValueError``
+    if not even one Gaussian fits.
+    """
+    order = torch.sort(luminance_score(splats, "footprint")[0], descending=True).indices
+    n = int(splats.counts[0])
+
+    def keep(k: int) -> tuple[Splats, bytes]:
+        idx = order[:k]
+        s = Splats(
+            splats.means[:, idx],
+            splats.chol[:, idx],
+            splats.colors[:, idx],
+            torch.tensor([k]),
+            splats.image_sizes,
+            None if splats.opacities is None else splats.opacities[:, idx],
+        )
+        return s, encode(s, level)
+
+    best = keep(n)
+    if len(best[1]) <= budget:
+        return best
+    lo, hi = 0, n  # invariant: keep(lo) fits (or lo == 0), keep(hi) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        trial = keep(mid)
+        if len(trial[1]) <= budget:
+            lo, best = mid, trial
+        else:
+            hi = mid
+    if lo == 0:
+        raise ValueError(f"a budget of {budget} bytes cannot hold even one Gaussian")
+    return best
+
+
+def fit_and_encode(
+    images: Sequence[Any] | Tensor,
+    target: RateTarget | None = None,
+    level: str | QuantSpec = "medium",
+    n_gaussians: int = 1024,
+    **fit_kwargs: Any,
+) -> list[CodedImage]:
+    """Fit a batch and encode each image, meeting ``target`` (see the module docstring).
+
+    Args:
+        images: as for :func:`gsvision.fit`.
+        target: the rate target; ``None`` fits ``n_gaussians`` and encodes at ``level``.
+        level: codec level (name or :class:`QuantSpec`).
+        n_gaussians: Gaussians per image without a target; the upper end of the ladder with a
+            ``psnr`` target; ignored with a byte target (the budget sets it).
+        fit_kwargs: passed to :func:`gsvision.fit` (``iters``, ``size``, ``backend``, ...).
+
+    Returns:
+        One :class:`CodedImage` per input image, in order.
+
+    Raises:
+        ValueError: for a bad target, a budget too small for one Gaussian, or what fit() rejects.
+    """
+    target = (target or RateTarget()).check()
+    resolve_level(level)
+    if isinstance(images, (Tensor, np.ndarray)) and images.ndim == 3:
+        images = [images]
+    if target.psnr is not None:
+        return _fit_to_psnr(images, target.psnr, level, n_gaussians, fit_kwargs)
+    if target.kind is None:
+        result = fit(images, n_gaussians, **fit_kwargs)
+        return [_coded(result, i, level, target) for i in range(result.splats.batch_size)]
+    return _fit_to_budget(images, target, level, fit_kwargs)
+
+
+def _fit_to_budget(images, target: RateTarget, level, fit_kwargs) -> list[CodedImage]:
+    from gsvision.fit.loop import prepare_images
+
+    _, sizes = prepare_images(images, fit_kwargs.get("size"))
+    budgets = [target.budget(int(h), int(w)) for h, w in sizes]
+    smallest = min(budgets)
+    n = int((smallest - _OVERHEAD) / bytes_per_gaussian(level))
+    if n < 1:
+        raise ValueError(
+            f"a budget of {smallest} bytes per image is below what one Gaussian needs at level "
+            f"{level!r} (~{_OVERHEAD + bytes_per_gaussian(level):.0f} bytes)"
+        )
+    n = min(n, int(sizes.prod(1).min()))
+    result = fit(images, n, **fit_kwargs)
+    return [_coded(result, i, level, target, budget) for i, budget in enumerate(budgets)]
+
+
+def _fit_to_psnr(images, goal: float, level, n_max: int, fit_kwargs) -> list[CodedImage]:
+    from gsvision.fit.loop import prepare_images
+
+    kwargs = {**fit_kwargs, "target_psnr": goal + _quant_loss(level)}
+    images = list(images)
+    n_max = min(n_max, int(prepare_images(images, fit_kwargs.get("size"))[1].prod(1).min()))
+    done: list[CodedImage | None] = [None] * len(images)
+    pending = list(range(len(images)))
+    n = min(_LADDER_START, n_max)
+    target = RateTarget(psnr=goal)
+    while pending:
+        result = fit([images[i] for i in pending], n, **kwargs)
+        still, short = [], []
+        for j, i in enumerate(pending):
+            coded = _coded(result, j, level, target)
+            done[i] = coded
+            if coded.metrics["psnr"] < goal and n < n_max:
+                still.append(i)
+                short.append(goal - coded.metrics["psnr"])
+        pending = still
+        if pending:  # skip rungs: each doubling of N gains roughly _DB_PER_DOUBLING
+            doublings = max(1, math.ceil(min(short) / _DB_PER_DOUBLING))
+            n = min(n << doublings, n_max)
+    return done  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def _coded(result, i: int, level, target: RateTarget, budget: int | None = None) -> CodedImage:
+    one = result.splats[i].detach().to("cpu")
+    h, w = (int(v) for v in one.image_sizes[0])
+    if budget is not None:
+        one, payload = trim_to_bytes(one, budget, level)
+    else:
+        payload = encode(one, level)
+    decoded = decode(payload)
+    image = result.targets[i, :h, :w].detach().to("cpu")
+    shown = render(decoded, h, w).clamp(0, 1)
+    fitted = dict(result.metrics[i])
+    p = float(psnr(shown, image[None])[0])
+    metrics = {
+        **fitted,
+        "psnr_fit": fitted["psnr"],
+        "psnr": p,
+        "ssim": float(ssim(shown, image[None])[0]),
+        "n_gaussians": int(decoded.counts[0]),
+        "bytes": len(payload),
+        "bpp": 8 * len(payload) / (h * w),
+        "ratio": 3 * h * w / len(payload),
+        "level": level if isinstance(level, str) else resolve_level(level).as_dict(),
+    }
+    if target.kind is not None:
+        goal = getattr(target, target.kind)
+        metrics["target"] = {target.kind: goal}
+        metrics["reached"] = bool(
+            p >= goal if target.kind == "psnr" else len(payload) <= (budget or 0)
+        )
+    return CodedImage(payload, decoded, image, metrics)

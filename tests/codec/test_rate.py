@@ -1,0 +1,152 @@
+"""Rate control: byte budgets, ratios and PSNR targets are met and reported honestly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gsvision.codec import decode, encode
+from gsvision.codec.quant import QuantSpec
+from gsvision.codec.rate import RateTarget, bytes_per_gaussian, fit_and_encode, trim_to_bytes
+from gsvision.fit.prune import luminance_score
+from gsvision.splats import Splats
+
+
+def smooth(seed: int, h: int = 32, w: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    a, b = rng.random(2) * 5
+    rgb = np.stack([np.sin(a * x + 1), np.cos(b * y), np.sin(3 * (x + y))], -1) * 0.4 + 0.5
+    return (rgb * 255).astype(np.uint8)
+
+
+def random_splats(n: int, seed: int = 0) -> Splats:
+    g = torch.Generator().manual_seed(seed)
+    means = torch.rand(1, n, 2, generator=g)
+    chol = torch.stack(
+        [
+            0.01 + 0.05 * torch.rand(1, n, generator=g),
+            0.02 * torch.randn(1, n, generator=g),
+            0.01 + 0.05 * torch.rand(1, n, generator=g),
+        ],
+        -1,
+    )
+    return Splats.create(means, chol, torch.rand(1, n, 3, generator=g), (64, 64))
+
+
+def test_trim_to_bytes_fits_the_budget_and_keeps_the_most_important():
+    s = random_splats(300)
+    full = len(encode(s))
+    budget = full // 2
+    trimmed, payload = trim_to_bytes(s, budget, "medium")
+    assert len(payload) <= budget
+    assert payload == encode(trimmed)
+    k = int(trimmed.counts[0])
+    assert 0 < k < 300
+    # the k Gaussians with the largest footprint scores, most important first
+    top = torch.sort(luminance_score(s, "footprint")[0], descending=True).indices[:k]
+    assert torch.equal(trimmed.means[0], s.means[0, top])
+    assert (
+        len(
+            encode(
+                Splats.create(
+                    *(
+                        t[
+                            :,
+                            torch.sort(luminance_score(s, "footprint")[0], descending=True).indices[
+                                : k + 1
+                            ],
+                        ]
+                        for t in (s.means, s.chol, s.colors)
+                    ),
+                    (64, 64),
+                )
+            )
+        )
+        > budget
+        or k == 299
+    )
+    assert decode(payload).counts.tolist() == [k]
+
+
+def test_trim_to_bytes_leaves_a_fitting_payload_alone_and_refuses_an_impossible_budget():
+    s = random_splats(20)
+    same, payload = trim_to_bytes(s, 10_000, "high")
+    assert int(same.counts[0]) == 20 and len(payload) <= 10_000
+    with pytest.raises(ValueError, match="cannot hold even one Gaussian"):
+        trim_to_bytes(s, 40, "medium")
+
+
+def test_byte_budget_and_ratio_are_met_per_image():
+    images = [smooth(0), smooth(1)]
+    for target, budget in ((RateTarget(bytes=400), 400), (RateTarget(ratio=10), 307)):
+        coded = fit_and_encode(images, target, iters=40, size=32)
+        assert len(coded) == 2
+        for c in coded:
+            m = c.metrics
+            assert len(c.payload) == m["bytes"] <= budget and m["reached"]
+            assert m["ratio"] == pytest.approx(3072 / m["bytes"])
+            assert m["bpp"] == pytest.approx(8 * m["bytes"] / 1024)
+            assert m["n_gaussians"] == int(c.splats.counts[0]) >= 1
+            assert np.isfinite(m["psnr"]) and m["psnr"] > 15
+            assert c.target.shape == (32, 32, 3)
+            # the reported splats are exactly what the payload decodes to
+            again = decode(c.payload)
+            assert torch.equal(again.means, c.splats.means)
+
+
+def test_budget_sets_the_number_of_gaussians():
+    small, large = (
+        fit_and_encode([smooth(2)], RateTarget(bytes=b), iters=20, size=32)[0] for b in (300, 900)
+    )
+    assert small.metrics["n_gaussians"] < large.metrics["n_gaussians"]
+    assert large.metrics["bytes"] > small.metrics["bytes"]
+
+
+def test_psnr_target_picks_the_fewest_gaussians_that_reach_it():
+    noise = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    kwargs = {"n_gaussians": 512, "iters": 80, "size": 32}
+    easy = fit_and_encode(smooth(3), RateTarget(psnr=22), **kwargs)[0]
+    hard = fit_and_encode(noise, RateTarget(psnr=18), **kwargs)[0]  # 128: ~12.6 dB, 512: ~21 dB
+    assert easy.metrics["reached"] and easy.metrics["psnr"] >= 22
+    assert easy.metrics["n_gaussians"] == 128  # the first rung already reaches it
+    assert hard.metrics["target"] == {"psnr": 18}
+    assert hard.metrics["reached"] and hard.metrics["psnr"] >= 18
+    assert hard.metrics["n_gaussians"] == 512  # 5.4 dB short at 128: two doublings at once
+
+
+def test_unreachable_psnr_reports_the_best_at_the_largest_count():
+    c = fit_and_encode(smooth(4), RateTarget(psnr=80), n_gaussians=200, iters=10, size=32)[0]
+    assert not c.metrics["reached"] and c.metrics["n_gaussians"] <= 200
+
+
+def test_without_target_fits_n_and_encodes_at_the_level():
+    c = fit_and_encode([smooth(5)], None, level=QuantSpec(10, 6, 6, 6), n_gaussians=24, iters=5)[0]
+    assert c.metrics["n_gaussians"] == 24
+    assert c.metrics["level"] == {"pos_bits": 10, "scale_bits": 6, "angle_bits": 6, "color_bits": 6}
+    assert "reached" not in c.metrics
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (RateTarget(bytes=100, psnr=30), "one rate target"),
+        (RateTarget(ratio=-2), "positive"),
+        (RateTarget(psnr=float("nan")), "positive"),
+    ],
+)
+def test_bad_targets_are_refused(target, message):
+    with pytest.raises(ValueError, match=message):
+        fit_and_encode([smooth(0)], target, iters=1, size=32)
+
+
+def test_too_small_budget_names_the_problem():
+    with pytest.raises(ValueError, match="below what one Gaussian needs"):
+        fit_and_encode([smooth(0)], RateTarget(bytes=60), iters=1, size=32)
+
+
+def test_cost_table_orders_levels():
+    costs = [bytes_per_gaussian(k) for k in ("lossless", "f16", "high", "medium", "low")]
+    assert costs == sorted(costs, reverse=True)
+    assert bytes_per_gaussian(QuantSpec(8, 5, 5, 5)) < bytes_per_gaussian("low")
