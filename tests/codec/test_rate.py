@@ -150,3 +150,25 @@ def test_cost_table_orders_levels():
     costs = [bytes_per_gaussian(k) for k in ("lossless", "f16", "high", "medium", "low")]
     assert costs == sorted(costs, reverse=True)
     assert bytes_per_gaussian(QuantSpec(8, 5, 5, 5)) < bytes_per_gaussian("low")
+
+
+def test_closed_loop_beats_plain_quantisation_and_meets_the_budget():
+    from gsvision.codec.rate import encode_closed_loop
+    from gsvision.fit import fit
+    from gsvision.raster import render
+
+    result = fit([smooth(8, 48, 48)], 96, iters=60)
+    one, image = result.splats[0], result.targets[0]
+    coarse = QuantSpec(9, 5, 5, 6)
+
+    def mse(payload: bytes) -> float:
+        return float(((render(decode(payload), 48, 48)[0] - image) ** 2).mean())
+
+    plain, closed = encode(one, coarse), encode_closed_loop(one, image, coarse)
+    assert mse(closed) < mse(plain)
+    assert decode(closed).counts.tolist() == [96]
+    budget = len(plain) * 3 // 4
+    trimmed = encode_closed_loop(one, image, coarse, budget)
+    assert len(trimmed) <= budget
+    lossless = encode_closed_loop(one, image, "lossless")
+    assert lossless == encode(one, "lossless")

@@ -154,3 +154,26 @@ def test_prune_keeps_the_survivors_in_order_and_zeroes_the_rest():
     assert removed.tolist() == [1] and out.counts.tolist() == [2]
     assert torch.equal(out.colors[0, :2], colors[0, [0, 2]])
     assert (out.colors[0, 2:] == 0).all()
+
+
+def test_refit_colors_solves_least_squares_for_fixed_geometry():
+    from gsvision.fit import refit_colors
+
+    rng = np.random.default_rng(3)
+    images = [(rng.random((24, 24, 3)) * 255).astype(np.uint8) for _ in range(2)]
+    result = gsvision.fit(images, 64, iters=30)
+    s, targets = result.splats, result.targets
+    padded = s.compact(70)
+    spoiled = Splats(
+        padded.means, padded.chol, padded.colors * 0.3 + 0.2, padded.counts, padded.image_sizes
+    )
+    fixed = refit_colors(spoiled, targets, steps=20)
+
+    def err(x):
+        return float(((gsvision.render(x, 24, 24) - targets) ** 2).mean())
+
+    assert err(fixed) < err(spoiled) and err(fixed) <= err(s) * 1.05
+    assert torch.equal(fixed.means, spoiled.means) and torch.equal(fixed.chol, spoiled.chol)
+    assert torch.equal(fixed.colors[:, 64:], spoiled.colors[:, 64:])  # padded slots untouched
+    with pytest.raises(ValueError, match="targets' size"):
+        refit_colors(spoiled, targets[:, :20])

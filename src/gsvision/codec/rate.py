@@ -23,13 +23,20 @@ from torch import Tensor
 
 from gsvision.codec import decode, encode
 from gsvision.codec.quant import QuantSpec, resolve_level
-from gsvision.fit import fit
+from gsvision.fit import fit, refit_colors
 from gsvision.fit.prune import luminance_score
 from gsvision.metrics import psnr, ssim
 from gsvision.raster import render
 from gsvision.splats import Splats
 
-__all__ = ["RateTarget", "CodedImage", "fit_and_encode", "trim_to_bytes", "bytes_per_gaussian"]
+__all__ = [
+    "RateTarget",
+    "CodedImage",
+    "bytes_per_gaussian",
+    "encode_closed_loop",
+    "fit_and_encode",
+    "trim_to_bytes",
+]
 
 # Measured payload bytes per Gaussian (6 photos, 224², N = 400–2,048, `gsvision bench codec`) and
 # the PSNR each level loses to quantisation at N ≈ 1,000, with some margin.
@@ -141,6 +148,40 @@ def trim_to_bytes(splats: Splats, budget: int, level: str | QuantSpec) -> tuple[
     return best
 
 
+def encode_closed_loop(
+    splats: Splats, image: Tensor, level: str | QuantSpec, budget: int | None = None
+) -> bytes:
+    """Encode one image, re-solving its colours for the quantised geometry (and trimming to
+    ``budget`` bytes if given).
+
+    Quantising positions and shapes moves every Gaussian a little; least-squares colours for the
+    geometry the decoder will see win back 35–50% of the PSNR that quantisation costs (measured
+    at N = 1,024 on the six sample photos), for 16 renders' worth of time.
+    """
+    if isinstance(resolve_level(level), str):  # float levels: nothing to win back
+        return trim_to_bytes(splats, budget, level)[1] if budget else encode(splats, level)
+    slack = 0
+    while True:
+        if budget is not None:
+            splats, payload = trim_to_bytes(splats, budget - slack, level)
+        else:
+            payload = encode(splats, level)
+        geometry = decode(payload)
+        refit = encode(refit_colors(geometry, image[None]), level)
+        if budget is None or len(refit) <= budget:
+            return _better(refit, payload, image)
+        if slack >= budget // 4:  # colours kept needing more room: keep the plain payload
+            return payload
+        slack += len(refit) - budget
+
+
+def _better(a: bytes, b: bytes, image: Tensor) -> bytes:
+    """The payload whose decoded render is closer to ``image``."""
+    h, w = image.shape[:2]
+    errors = [float(((render(decode(p), h, w) - image) ** 2).mean()) for p in (a, b)]
+    return a if errors[0] <= errors[1] else b
+
+
 def fit_and_encode(
     images: Sequence[Any] | Tensor,
     target: RateTarget | None = None,
@@ -223,12 +264,9 @@ def _fit_to_psnr(images, goal: float, level, n_max: int, fit_kwargs) -> list[Cod
 def _coded(result, i: int, level, target: RateTarget, budget: int | None = None) -> CodedImage:
     one = result.splats[i].detach().to("cpu")
     h, w = (int(v) for v in one.image_sizes[0])
-    if budget is not None:
-        one, payload = trim_to_bytes(one, budget, level)
-    else:
-        payload = encode(one, level)
-    decoded = decode(payload)
     image = result.targets[i, :h, :w].detach().to("cpu")
+    payload = encode_closed_loop(one, image, level, budget)
+    decoded = decode(payload)
     shown = render(decoded, h, w).clamp(0, 1)
     fitted = dict(result.metrics[i])
     p = float(psnr(shown, image[None])[0])

@@ -1,7 +1,7 @@
 """Fitting images with Gaussians: structured initialisation, batched optimisation, pruning."""
 
 from gsvision.fit.init import INIT_METHODS, initialise
-from gsvision.fit.loop import FitConfig, FitResult, finetune, fit, prepare_images
+from gsvision.fit.loop import FitConfig, FitResult, finetune, fit, prepare_images, refit_colors
 from gsvision.fit.prune import luminance_score, prune
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "luminance_score",
     "prepare_images",
     "prune",
+    "refit_colors",
 ]

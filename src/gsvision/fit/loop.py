@@ -33,7 +33,15 @@ from gsvision.metrics import psnr, ssim
 from gsvision.raster import render, resolve_backend
 from gsvision.splats import Splats
 
-__all__ = ["FitConfig", "FitResult", "fit", "finetune", "prepare_images", "MAX_IMAGE_PIXELS"]
+__all__ = [
+    "FitConfig",
+    "FitResult",
+    "MAX_IMAGE_PIXELS",
+    "finetune",
+    "fit",
+    "prepare_images",
+    "refit_colors",
+]
 
 #: Largest image (pixels) the fitter accepts after resizing.
 MAX_IMAGE_PIXELS = 4096 * 4096
@@ -184,6 +192,7 @@ def _solve_colors(
     mask: Tensor,
     backend,
     steps=8,
+    counts: Tensor | None = None,
 ) -> Tensor:
     """Least-squares colours for fixed geometry: a few conjugate-gradient steps on AᵀA c = Aᵀ y.
 
@@ -191,7 +200,8 @@ def _solve_colors(
     :func:`render` and ``Aᵀ`` through its gradient, so any backend serves.
     """
     b, h, w, _ = target.shape
-    counts = torch.full((b,), means_px.shape[1], dtype=torch.int64, device=target.device)
+    if counts is None:
+        counts = torch.full((b,), means_px.shape[1], dtype=torch.int64, device=target.device)
     m = mask[..., None].to(target)  # [B, H, W, 1] pixels in the loss
 
     def a(c: Tensor) -> Tensor:
@@ -220,6 +230,36 @@ def _solve_colors(
         p = r + (rr_new / rr.clamp_min(1e-20)) * p
         rr = rr_new
     return x
+
+
+@torch.no_grad()
+def refit_colors(splats: Splats, targets: Tensor, steps: int = 8, backend=None) -> Splats:
+    """Least-squares colours for the splats' fixed geometry (e.g. after quantising it).
+
+    Args:
+        splats: ``B`` images, all fitted at the ``H × W`` of ``targets`` (valid Gaussians only
+            are used; padded slots keep their colours).
+        targets: ``[B, H, W, 3]`` images in ``[0, 1]``.
+        steps: conjugate-gradient steps.
+    """
+    b, h, w, _ = targets.shape
+    if splats.capacity == 0:
+        return splats
+    if any(int(s) != v for row in splats.image_sizes for s, v in zip(row, (h, w), strict=True)):
+        raise ValueError("refit_colors: splats must be fitted at the targets' size")
+    mask = torch.ones(b, h, w, dtype=torch.bool, device=targets.device)
+    colors = _solve_colors(
+        splats.means * splats.means.new_tensor([w, h]),
+        splats.pixel_chol(h, w),
+        splats.colors * splats.mask[..., None],
+        targets,
+        mask,
+        backend,
+        steps,
+        splats.counts,
+    )
+    colors = torch.where(splats.mask[..., None], colors, splats.colors)
+    return Splats(splats.means, splats.chol, colors, splats.counts, splats.image_sizes)
 
 
 def _cosine(step: int, total: int, final: float) -> float:
