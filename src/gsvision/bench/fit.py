@@ -83,6 +83,12 @@ def _batch_vs_single(images, args) -> dict:
     random = [run([im], "random") for im in images]
     single_s = sum(s for s, _, _ in single)
     random_s = sum(s for s, _, _ in random)
+    random_iters = [r.metrics[0]["iterations"] for _, r, _ in random]
+    reference = _reference_step_seconds(images[0], n, args)
+    # The prior style: the same random-init fitter with the dense reference rasteriser. It takes
+    # the same iterations as with the fast kernel (same values, same optimiser), each at the
+    # reference's measured cost; running it outright would take hours, so it is extrapolated.
+    reference_s = reference * sum(random_iters)
     out = {
         "n_gaussians": n,
         "target_psnr": target,
@@ -93,13 +99,28 @@ def _batch_vs_single(images, args) -> dict:
         "one_at_a_time_seconds": single_s,
         "one_at_a_time_reached": all(ok for _, _, ok in single),
         "random_init_one_at_a_time_seconds": random_s,
-        "random_init_iterations": [r.metrics[0]["iterations"] for _, r, _ in random],
+        "random_init_iterations": random_iters,
         "random_init_reached": [bool(ok) for _, _, ok in random],
         "speedup_batch_vs_one_at_a_time": single_s / batch_s,
         "speedup_batch_vs_random_one_at_a_time": random_s / batch_s,
+        "reference_seconds_per_iteration": reference,
+        "reference_random_one_at_a_time_seconds": reference_s,
+        "reference_random_one_at_a_time_extrapolated": True,
+        "speedup_batch_vs_reference_random_one_at_a_time": reference_s / batch_s,
     }
     print(f"  batch: {out}", flush=True)
     return out
+
+
+def _reference_step_seconds(image, n: int, args) -> float:
+    """Seconds per iteration of a random-init fit of one image with the dense reference."""
+    times = {}
+    for iters in (args.reference_iters, 2 * args.reference_iters):
+        t0 = time.perf_counter()
+        fit([image], n, iters=iters, size=args.size, init="random", backend="reference")
+        times[iters] = time.perf_counter() - t0
+    # The difference removes the set-up cost (image preparation, initialisation, metrics).
+    return (times[2 * args.reference_iters] - times[args.reference_iters]) / args.reference_iters
 
 
 def _prune(images, args) -> dict:
@@ -125,6 +146,16 @@ def _prune(images, args) -> dict:
     return {"n_gaussians": n, "l1": args.l1, "iters": args.iters, "rows": rows}
 
 
+def _previous(args) -> dict:
+    import json
+    from pathlib import Path
+
+    from gsvision.bench._common import RESULTS_DIR
+
+    path = Path(args.out or RESULTS_DIR) / "fit.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the fitting benchmark; returns what it writes to ``fit.json``."""
     ap = argparse.ArgumentParser(prog="gsvision bench fit", description=__doc__.split("\n")[0])
@@ -138,6 +169,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--l1", type=float, default=1e-6)
     ap.add_argument("--taus", type=float, nargs="+", default=[0.02, 0.05, 0.1])
     ap.add_argument("--finetune-iters", type=int, default=100)
+    ap.add_argument("--reference-iters", type=int, default=3, help="timed reference iterations")
+    ap.add_argument(
+        "--update", action="store_true", help="keep the other sections of an existing fit.json"
+    )
     ap.add_argument("--images", nargs="*", help="shipped image names (default: all)")
     ap.add_argument("--sections", nargs="+", default=["quality", "batch", "prune"])
     ap.add_argument("--seed", type=int, default=0)
@@ -147,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.size, args.n, args.iters, args.short_iters = 32, [16, 64], 30, 10
         args.batch_n, args.prune_n, args.finetune_iters, args.taus = 64, 64, 5, [0.05]
+        args.reference_iters = 1
         args.images = args.images or ["coffee", "rocket"]
     names, images = _sample_images(args.images)
     prepare_images(images, args.size)  # fail early on bad images
@@ -154,7 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"gsvision bench fit: {len(images)} images at {args.size}², backend {backend}", flush=True
     )
-    result: dict = {"settings": {**vars(args), "images": names, "backend": backend}}
+    result: dict = _previous(args) if args.update else {}
+    result["settings"] = {**vars(args), "images": names, "backend": backend}
     fit(images[:1], 16, iters=2, size=32)  # compile/load the kernels outside the timings
     t0 = time.perf_counter()
     if "quality" in args.sections:
@@ -163,7 +200,9 @@ def main(argv: list[str] | None = None) -> dict:
         result["batch_vs_single"] = _batch_vs_single(images, args)
     if "prune" in args.sections:
         result["prune"] = _prune(images, args)
-    result["wall_seconds"] = time.perf_counter() - t0
+    result["wall_seconds" if not args.update else "wall_seconds_last_update"] = (
+        time.perf_counter() - t0
+    )
     path = write_result("fit", result, args.out)
     print(f"wrote {path}")
     return result
