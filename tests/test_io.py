@@ -348,3 +348,17 @@ def test_register_splat_format_extends_the_dispatch(tmp_path):
         _raises_splat_error(write(tmp_path / "bad.json", b"{"), "corrupt, truncated")
     finally:
         SPLAT_FORMATS.pop(".json")
+
+
+def test_decode_image_from_bytes_matches_load_image_and_names_bad_data(tmp_path):
+    from gsvision.io import decode_image
+
+    path = sample_images()[0]
+    assert np.array_equal(decode_image(path.read_bytes(), "x.jpg"), load_image(path))
+    data = path.read_bytes()
+    with pytest.raises(ImageError, match="k.jpg: corrupt or truncated image data"):
+        decode_image(data[: len(data) // 3], "k.jpg")
+    with pytest.raises(ImageError, match="k.jpg: image data is empty"):
+        decode_image(b"", "k.jpg")
+    with pytest.raises(ImageError, match="k.png: not an image"):
+        decode_image(b"hello world", "k.png")

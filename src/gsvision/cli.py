@@ -10,6 +10,7 @@ so that ``gsvision --help`` and ``--version`` stay fast.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import pkgutil
 import sys
@@ -612,12 +613,26 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 # ==================================================================================== registry
 #: Subcommands by name. Later issues add ``convert``, ``train``, ``eval`` and ``serve`` here, each a
+def _lazy(module: str, name: str) -> Callable:
+    """A function of another module, imported only when called (keeps ``--help`` fast)."""
+
+    def call(*args: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args)
+
+    return call
+
+
 #: ``Command(help, add_arguments, run)``; ``run`` returns the exit code.
 COMMANDS: dict[str, Command] = {
     "fit": Command("fit images with Gaussians; write one splat file each", _fit_args, _run_fit),
     "render": Command("render a splat file to an image", _render_args, _run_render),
     "info": Command("describe splat files, or the rasteriser backends", _info_args, _run_info),
     "demo": Command("fit the shipped sample images and write pictures", _demo_args, _run_demo),
+    "convert": Command(
+        "convert image-text shards to splat shards (torchrun-aware)",
+        _lazy("gsvision.cli_convert", "add_arguments"),
+        _lazy("gsvision.cli_convert", "run"),
+    ),
     "bench": Command("run a benchmark from gsvision.bench", _bench_args, _run_bench),
 }
 

@@ -17,6 +17,7 @@ Splat files:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -40,6 +41,7 @@ __all__ = [
     "SplatFileError",
     "MAX_IMAGE_PIXELS",
     "SPLAT_FORMATS",
+    "decode_image",
     "load_image",
     "save_image",
     "sample_images",
@@ -69,19 +71,22 @@ class SplatFileError(ValueError):
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _png_header_size(path: Path) -> tuple[int, int] | None:
-    """``(width, height)`` from a PNG's IHDR chunk, or None if the file is not a PNG."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(24)
-    except OSError:
-        return None
+def _png_header_size(source: Path | bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a PNG's IHDR chunk, or None if the data is not a PNG."""
+    if isinstance(source, bytes):
+        head = source[:24]
+    else:
+        try:
+            with open(source, "rb") as f:
+                head = f.read(24)
+        except OSError:
+            return None
     if len(head) < 24 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
         return None
     return struct.unpack(">II", head[16:24])
 
 
-def _too_large(path: Path, pixels: int | None, detail: str = "") -> ImageError:
+def _too_large(path: Path | str, pixels: int | None, detail: str = "") -> ImageError:
     what = f"{pixels:,} pixels" if pixels is not None else detail
     return ImageError(
         f"{path}: image is too large ({what}); the limit is {MAX_IMAGE_PIXELS:,} pixels "
@@ -100,16 +105,21 @@ def _open_checked(path: Path) -> Image.Image:
             raise ImageError(f"{path}: file is empty (0 bytes)")
     except OSError as exc:
         raise ImageError(f"{path}: cannot read file: {exc.strerror or exc}") from exc
+    return _open_pillow(path, path)
+
+
+def _open_pillow(source: Path | bytes, path: Path | str) -> Image.Image:
+    """Pillow's lazy open of a file or bytes; failures become an :class:`ImageError` on ``path``."""
     try:
         with warnings.catch_warnings():
             # Pillow warns (above ~89 Mpx) or raises (above ~179 Mpx) on its own; we decide instead.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(path)
+            return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         match = re.search(r"\((\d+) pixels\)", str(exc))
         raise _too_large(path, int(match.group(1)) if match else None, str(exc)) from None
     except UnidentifiedImageError:
-        size = _png_header_size(path)
+        size = _png_header_size(source)
         if size is not None and 0 in size:
             raise ImageError(f"{path}: zero-sized image ({size[0]}x{size[1]})") from None
         raise ImageError(f"{path}: not an image, or a format Pillow cannot identify") from None
@@ -121,7 +131,7 @@ def _open_checked(path: Path) -> Image.Image:
         raise ImageError(f"{path}: corrupt or truncated image data ({exc})") from exc
 
 
-def _high_depth_to_uint8(img: Image.Image, path: Path) -> np.ndarray:
+def _high_depth_to_uint8(img: Image.Image, path: Path | str) -> np.ndarray:
     """Rescale a 16-bit, 32-bit integer or float single-channel image to ``uint8 [H, W]``.
 
     ``I;16*`` modes are 16-bit by definition and divide by 257 (65535 → 255). ``I`` (32-bit ints)
@@ -148,7 +158,7 @@ def _high_depth_to_uint8(img: Image.Image, path: Path) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _to_rgb(img: Image.Image, path: Path) -> np.ndarray:
+def _to_rgb(img: Image.Image, path: Path | str) -> np.ndarray:
     """Convert a decoded image of any mode to ``uint8 [H, W, 3]`` (alpha over white)."""
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         gray = _high_depth_to_uint8(img, path)
@@ -182,7 +192,22 @@ def load_image(path: PathLike) -> np.ndarray:
             corrupt or truncated data, a zero-sized image, or one above :data:`MAX_IMAGE_PIXELS`.
     """
     path = Path(path)
-    img = _open_checked(path)
+    return _decode(_open_checked(path), path)
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """:func:`load_image` for encoded bytes (e.g. a JPEG member of a tar shard).
+
+    Raises:
+        ImageError: naming ``name``, for empty, unidentifiable, corrupt, truncated or oversized data.
+    """
+    if not data:
+        raise ImageError(f"{name}: image data is empty (0 bytes)")
+    return _decode(_open_pillow(bytes(data), name), name)
+
+
+def _decode(img: Image.Image, path: Path | str) -> np.ndarray:
+    """Fully decode an opened image to ``uint8 [H, W, 3]`` (see :func:`load_image`)."""
     with img:
         width, height = img.size
         if width <= 0 or height <= 0:

@@ -1,0 +1,182 @@
+"""The conversion job, end to end on tiny shards: bad input, resume, SIGKILL, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gsvision.cli import main
+from gsvision.codec import decode
+from gsvision.data.convert import ConvertConfig, JobConflictError, convert
+from gsvision.data.shards import iter_samples
+from gsvision.data.synthetic import FAULTS, make_image_text_shards
+
+TINY = ConvertConfig(n_gaussians=16, iters=4, size=32, batch=3, progress=False)
+TINY_ARGS = ["-n", "16", "--iters", "4", "--size", "32", "--batch", "3", "-q"]
+VENV_BIN = Path(sys.executable).parent
+
+
+def input_keys(paths) -> set[str]:
+    keys = set()
+    for p in paths:
+        try:
+            for sample in iter_samples(str(p)):
+                keys.add(sample.key)
+        except OSError:  # a damaged shard: the samples before the damage count
+            pass
+    return keys
+
+
+def output_keys(out: Path) -> list[str]:
+    """Every key in the output shards (a list, so duplicates would show)."""
+    keys = []
+    for tar in sorted(out.glob("*.tar")):
+        for sample in iter_samples(str(tar)):
+            assert sorted(sample.files) == ["gsv", "json", "txt"], sample.key
+            keys.append(sample.key)
+    return keys
+
+
+def skipped_keys(out: Path) -> list[str]:
+    return [
+        k["key"] for p in out.glob("*_stats.json") for k in json.loads(p.read_text())["skipped"]
+    ]
+
+
+def test_converts_good_samples_and_reports_every_bad_one(tmp_path):
+    paths = make_image_text_shards(tmp_path / "in", shards=3, per_shard=5, faults=FAULTS)
+    out = tmp_path / "out"
+    summary = convert(str(tmp_path / "in" / "{00000..00003}.tar"), out, TINY)
+
+    readable = input_keys(paths)  # the truncated shard loses its tail
+    assert summary["images_converted"] == len(readable) - 3 < 15
+    reasons = {s["key"]: s["reason"] for s in summary["skipped"]}
+    assert "corrupt or truncated image data" in reasons["000000001"]
+    assert reasons["000000002"] == "missing caption (.txt)"
+    assert reasons["000000003"].startswith("no image member")
+    (cut,) = [k for k, r in reasons.items() if r == "shard truncated or corrupt"]
+    assert cut.startswith("00002") and cut not in readable
+    errors = {e["shard"]: e["error"] for e in summary["shard_errors"]}
+    assert set(errors) == {"00002", "00003"} and "empty file" in errors["00003"]
+    assert summary["bytes_out"] < summary["bytes_in"] and summary["mean_psnr"] > 10
+    saved = json.loads((out / "_summary.json").read_text())
+    assert saved["images_converted"] == summary["images_converted"]
+
+    # every readable input sample is converted or skipped, exactly once
+    written = output_keys(out)
+    assert len(written) == len(set(written)) == summary["images_converted"]
+    assert set(written) | set(skipped_keys(out)) == readable | {cut}
+    assert not set(written) & set(skipped_keys(out))
+
+    tar = out / "00001.tar"
+    sample = next(iter(iter_samples(str(tar))))
+    splats = decode(sample.files["gsv"])
+    meta = json.loads(sample.files["json"])
+    assert int(splats.counts[0]) == 16 and splats.image_sizes.tolist() == [[32, 32]]
+    assert meta["key"] == sample.key and meta["gsvision"]["n_gaussians"] == 16
+    assert meta["gsvision"]["bytes"] == len(sample.files["gsv"]) and meta["gsvision"]["psnr"] > 10
+    assert sample.files["txt"].decode() == meta["caption"]
+
+
+def test_rerun_skips_complete_shards_and_redoes_partial_ones(tmp_path):
+    make_image_text_shards(tmp_path / "in", shards=3, per_shard=3)
+    pattern = str(tmp_path / "in" / "{00000..00002}.tar")
+    out = tmp_path / "out"
+    convert(pattern, out, TINY)
+    done = (out / "00000.tar").stat().st_mtime_ns
+    (out / "00001_stats.json").unlink()  # as if killed between the tar and its stats
+    (out / ".00002.tar.rank0.tmp").write_bytes(b"partial")  # and a leftover temporary file
+    summary = convert(pattern, out, TINY)
+    assert (out / "00000.tar").stat().st_mtime_ns == done
+    assert summary["images_converted"] == 9 and not summary["shards_incomplete"]
+    assert not list(out.glob(".*.tmp"))
+    assert sorted(output_keys(out)) == sorted(input_keys(sorted((tmp_path / "in").glob("*.tar"))))
+
+
+def test_output_folder_of_another_job_is_refused_unless_resume(tmp_path, capsys):
+    make_image_text_shards(tmp_path / "in", shards=1, per_shard=2)
+    pattern = str(tmp_path / "in" / "00000.tar")
+    out = tmp_path / "out"
+    convert(pattern, out, TINY)
+    other = ConvertConfig(**{**TINY.__dict__, "n_gaussians": 8})
+    with pytest.raises(JobConflictError, match="holds another conversion job"):
+        convert(pattern, out, other)
+    other.resume = True
+    assert convert(pattern, out, other)["images_converted"] == 2
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert main(["convert", pattern, str(foreign), *TINY_ARGS]) == 2
+    assert "is not empty and holds no gsvision conversion job" in capsys.readouterr().err
+    assert main(["convert", pattern, str(foreign), *TINY_ARGS, "--resume"]) == 0
+
+
+def test_cli_exit_codes_and_missing_output_dir(tmp_path, capsys):
+    make_image_text_shards(tmp_path / "in", shards=1, per_shard=4, faults=["missing_caption"])
+    out = tmp_path / "new" / "deeper"
+    assert main(["convert", str(tmp_path / "in" / "00000.tar"), str(out), *TINY_ARGS]) == 1
+    text = capsys.readouterr()
+    assert "converted 3 images, skipped 1" in text.out
+    assert "skipping 000000002: missing caption" in text.err
+    assert main(["convert", str(tmp_path / "nope.tar"), str(tmp_path / "o2"), *TINY_ARGS]) == 1
+    assert "no such shard" in capsys.readouterr().out
+    assert main(["convert", "x.tar", str(tmp_path / "o3"), "--level", "bogus"]) == 2
+
+
+def test_pipe_urls_are_read(tmp_path):
+    make_image_text_shards(tmp_path / "in", shards=1, per_shard=2)
+    summary = convert(f"pipe:cat {tmp_path / 'in' / '00000.tar'}", tmp_path / "out", TINY)
+    assert summary["images_converted"] == 2 and (tmp_path / "out" / "00000.tar").exists()
+
+
+def _convert_command(pattern: str, out: Path) -> list[str]:
+    return [sys.executable, "-m", "gsvision.cli", "convert", pattern, str(out), *TINY_ARGS]
+
+
+def test_sigkill_mid_run_then_rerun_loses_nothing(tmp_path):
+    paths = make_image_text_shards(tmp_path / "in", shards=6, per_shard=3)
+    pattern = str(tmp_path / "in" / "{00000..00005}.tar")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_convert_command(pattern, out), env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*_stats.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere inside a later shard
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = len(list(out.glob("*_stats.json")))
+    assert 1 <= finished < 6, "the kill should land mid-job"
+    for tar in out.glob("*.tar"):  # a final name only ever holds a complete tar
+        list(iter_samples(str(tar)))
+    rerun = subprocess.run(_convert_command(pattern, out), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    written = output_keys(out)
+    assert sorted(written) == sorted(input_keys(paths))  # each exactly once
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_torchrun_two_ranks_convert_every_shard_exactly_once(tmp_path):
+    paths = make_image_text_shards(tmp_path / "in", shards=5, per_shard=2)
+    out = tmp_path / "out"
+    torchrun = VENV_BIN / "torchrun"
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "gsvision.cli"]
+    cmd += ["convert", str(tmp_path / "in" / "{00000..00004}.tar"), str(out), *TINY_ARGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["images_converted"] == 10
+    timings = sorted(p.name for p in out.glob("_timings_rank*.json"))
+    assert timings == ["_timings_rank0.json", "_timings_rank1.json"]
+    assert sorted(output_keys(out)) == sorted(input_keys(paths))
+    shards = {json.loads(p.read_text())["shard"] for p in out.glob("*_stats.json")}
+    assert shards == {f"{i:05d}" for i in range(5)}
