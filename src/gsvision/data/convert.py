@@ -294,9 +294,11 @@ def _put(q: queue.Queue, value, stop: threading.Event) -> None:
             continue
 
 
-def _batches(work: _ShardWork) -> Iterator[list[_Item] | tuple]:
+def _batches(work: _ShardWork, timings: Counter) -> Iterator[list[_Item] | tuple]:
     while True:
+        t0 = time.perf_counter()
         value = work.batches.get()
+        timings["wait_input"] += time.perf_counter() - t0  # the fitter starved for input
         yield value
         if isinstance(value, tuple) and value and value[0] is _END:
             return
@@ -330,7 +332,7 @@ def _convert_shard(work, name, out: Path, cfg, device, timings, bar, rank) -> No
         "error": None,
     }
     with ShardWriter(out / f"{name}.tar", tag=f"rank{rank}") as writer:
-        for value in _batches(work):
+        for value in _batches(work, timings):
             if isinstance(value, tuple):  # the end of the shard
                 if value[1] is not None:
                     stats["error"], cut = value[1]
@@ -466,7 +468,9 @@ def _summarise(out: Path, names: list[str], world: int) -> dict[str, Any]:
         "mean_psnr": psnr_sum / converted if converted else None,
         "wall_seconds": wall,
         "images_per_second_this_run": timings["images"] / wall if wall else None,
-        "seconds_by_stage": {k: timings[k] for k in ("decode", "fit", "encode", "write")},
+        "seconds_by_stage": {
+            k: timings[k] for k in ("decode", "wait_input", "fit", "encode", "write")
+        },
         "world_size": world,
         "job": hashlib.sha256(json.dumps(names).encode()).hexdigest()[:12],
     }
