@@ -1,5 +1,13 @@
 """Datasets: image–text webdataset shards in, splat shards out, and loaders for training."""
 
+from gsvision.data.loader import (
+    SplatDataset,
+    collate_splats,
+    decode_splat_sample,
+    pad_splats,
+    rgb_pipeline,
+    splat_pipeline,
+)
 from gsvision.data.shards import (
     Sample,
     ShardReadError,
@@ -9,4 +17,17 @@ from gsvision.data.shards import (
     shard_name,
 )
 
-__all__ = ["Sample", "ShardReadError", "ShardWriter", "expand_urls", "iter_samples", "shard_name"]
+__all__ = [
+    "Sample",
+    "ShardReadError",
+    "ShardWriter",
+    "SplatDataset",
+    "collate_splats",
+    "decode_splat_sample",
+    "expand_urls",
+    "iter_samples",
+    "pad_splats",
+    "rgb_pipeline",
+    "shard_name",
+    "splat_pipeline",
+]

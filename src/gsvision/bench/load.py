@@ -1,0 +1,228 @@
+"""`gsvision bench load`: training-loader throughput, splat shards vs the source JPEG shards.
+
+Side by side in one run, on the same samples: open_clip's way (PIL-decode each JPEG, bicubic
+resize + centre crop to 224, to tensor, normalise; batches of ``[B, 3, 224, 224]``) against
+:class:`~gsvision.data.loader.SplatDataset` (decode each ``.gsv`` payload, pad to ``N``; batches of
+``Splats [B, N]``), both through ``torch.utils.data.DataLoader(pipeline, batch_size=None,
+num_workers=k)`` for k = 1 and 2, persistent workers, the warm-up epoch excluded. Rounds are
+interleaved and the median is reported.
+
+The splat shards are fitted cheaply (a few iterations after the structured init): what a loader
+costs depends on ``N`` and the payload size, not on how well the Gaussians fit, and a full fit of
+every image would take far longer than the measurement. Writes ``benchmarks/results/load.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from gsvision.bench._common import write_result
+
+__all__ = ["main"]
+
+TARGET_SPEEDUP = 31.0  # what the system this project implements reports
+
+
+def _make_shards(root: Path, args) -> tuple[list[str], dict[str, list[str]], dict]:
+    """Source JPEG shards, and the matching splat shards at each level; returns urls and fit info."""
+    from PIL import Image
+
+    from gsvision.codec import encode
+    from gsvision.data.shards import ShardWriter, iter_samples
+    from gsvision.data.synthetic import make_image_text_shards
+    from gsvision.fit import fit
+
+    jpg = make_image_text_shards(root / "jpg", args.shards, args.per_shard, seed=args.seed)
+    splat_urls: dict[str, list[str]] = {level: [] for level in args.levels}
+    fit_seconds, psnrs = 0.0, []
+    for path in jpg:
+        samples = list(iter_samples(str(path)))
+        images = [np.asarray(Image.open(io.BytesIO(s.image()[1])).convert("RGB")) for s in samples]
+        t0 = time.perf_counter()
+        r = fit(images, args.n, iters=args.fit_iters, size=args.size, seed=args.seed)
+        fit_seconds += time.perf_counter() - t0
+        psnrs += [m["psnr"] for m in r.metrics]
+        for level in args.levels:
+            out = root / f"gsv-{level}" / path.name
+            with ShardWriter(out) as w:
+                for b, s in enumerate(samples):
+                    payload = encode(r.splats[b], level)
+                    w.write(s.key, {"gsv": payload, "txt": s.files["txt"], "json": s.files["json"]})
+                splat_urls[level].append(str(w.commit()))
+    info = {
+        "n_gaussians": args.n,
+        "fit_iters": args.fit_iters,
+        "fit_size": args.size,
+        "fit_seconds": fit_seconds,
+        "mean_psnr": float(np.mean(psnrs)),
+        "note": "fitted cheaply (structured init + a few iterations): loader cost depends on N "
+        "and the payload size, not on fit quality",
+    }
+    return [str(p) for p in jpg], splat_urls, info
+
+
+def _shard_bytes(urls: list[str], ext: str) -> dict:
+    from gsvision.data.shards import iter_samples
+
+    members, samples = 0, 0
+    for url in urls:
+        for s in iter_samples(url):
+            members += len(s.files.get(ext, b""))
+            samples += 1
+    total = sum(Path(u).stat().st_size for u in urls)
+    return {
+        "samples": samples,
+        "shard_bytes_per_sample": total / samples,
+        f"{ext}_bytes_per_sample": members / samples,
+    }
+
+
+def _throughput(pipeline, workers: int, epochs: int) -> float:
+    """Samples per second over ``epochs`` after one warm-up epoch (persistent workers)."""
+    loader = DataLoader(pipeline, batch_size=None, num_workers=workers, persistent_workers=True)
+
+    _epoch(loader)  # warm-up: starts the workers, imports, page cache
+    t0 = time.perf_counter()
+    count = sum(_epoch(loader) for _ in range(epochs))
+    seconds = time.perf_counter() - t0
+    return count / seconds  # the workers stop when the loader is collected
+
+
+def _epoch(loader) -> int:
+    return sum(len(text) for _, text in loader)
+
+
+def _breakdown(jpg_urls: list[str], splat_urls: list[str], n: int, repeat: int) -> dict:
+    """In-process, one thread: microseconds per sample of each step of the two loaders."""
+    import open_clip
+    import webdataset as wds
+    from PIL import Image
+
+    from gsvision.codec import decode
+    from gsvision.data.loader import pad_splats
+    from gsvision.data.shards import iter_samples
+
+    jpgs = [s.image()[1] for s in iter_samples(jpg_urls[0])]
+    gsvs = [s.files["gsv"] for s in iter_samples(splat_urls[0])]
+    preprocess = open_clip.image_transform(224, is_train=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def per_sample(fn, items) -> float:
+        fn(items[:2])
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            fn(items)
+        return (time.perf_counter() - t0) / (repeat * len(items)) * 1e6
+
+    def tar_read(urls: list[str]) -> float:
+        pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
+        t0 = time.perf_counter()
+        count = sum(1 for _ in pipeline)
+        return (time.perf_counter() - t0) / count * 1e6
+
+    try:
+        pils = [Image.open(io.BytesIO(b)).convert("RGB") for b in jpgs]
+        decoded = [decode(b) for b in gsvs]
+        out = {
+            "jpeg_tar_read_us": tar_read(jpg_urls),
+            "splat_tar_read_us": tar_read(splat_urls),
+            "jpeg_decode_us": per_sample(
+                lambda xs: [Image.open(io.BytesIO(b)).convert("RGB") for b in xs], jpgs
+            ),
+            "resize_crop_normalise_us": per_sample(lambda xs: [preprocess(p) for p in xs], pils),
+            "codec_decode_us": per_sample(lambda xs: [decode(b) for b in xs], gsvs),
+            "pad_to_n_us": per_sample(lambda xs: pad_splats(xs, n), decoded),
+        }
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the loader benchmark; returns what it writes to ``load.json``."""
+    ap = argparse.ArgumentParser(prog="gsvision bench load", description=__doc__.split("\n")[0])
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--per-shard", type=int, default=64)
+    ap.add_argument("--n", type=int, default=1024, help="Gaussians per image (and pad size)")
+    ap.add_argument("--size", type=int, default=224, help="fit size (shorter side, centre crop)")
+    ap.add_argument("--fit-iters", type=int, default=3)
+    ap.add_argument("--levels", nargs="+", default=["medium", "f16"], help="first one is headline")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--epochs", type=int, default=2, help="timed epochs per measurement")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median kept)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", default=None, help="where shards go (default: a temp folder)")
+    ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    ap.add_argument("--quick", action="store_true", help="tiny settings, to check the harness")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.shards, args.per_shard, args.n, args.size, args.fit_iters = 2, 6, 64, 32, 1
+        args.batch_size, args.epochs, args.repeats, args.levels = 4, 1, 1, args.levels[:1]
+
+    from gsvision.data.loader import rgb_pipeline, splat_pipeline
+
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        root = Path(tmp)
+        print(f"gsvision bench load: {args.shards} x {args.per_shard} samples", flush=True)
+        jpg_urls, splat_urls, fit_info = _make_shards(root, args)
+        print(f"  shards written ({fit_info['fit_seconds']:.1f} s fitting)", flush=True)
+        sizes = {"jpeg": _shard_bytes(jpg_urls, "jpg")}
+        for level, urls in splat_urls.items():
+            sizes[f"splat_{level}"] = _shard_bytes(urls, "gsv")
+
+        loaders = {"rgb": lambda: rgb_pipeline(jpg_urls, args.batch_size, 224)}
+        for level, urls in splat_urls.items():
+            loaders[f"splat_{level}"] = lambda urls=urls: splat_pipeline(
+                urls, n=args.n, batch_size=args.batch_size
+            )
+        runs: dict[str, dict[str, list[float]]] = {
+            str(w): {name: [] for name in loaders} for w in args.workers
+        }
+        t0 = time.perf_counter()
+        for r in range(args.repeats):
+            for w in args.workers:
+                for name, make in loaders.items():
+                    rate = _throughput(make(), w, args.epochs)
+                    runs[str(w)][name].append(rate)
+                    print(f"  round {r} workers={w} {name}: {rate:.0f} samples/s", flush=True)
+        breakdown = _breakdown(jpg_urls, splat_urls[args.levels[0]], args.n, repeat=2)
+
+    headline = f"splat_{args.levels[0]}"
+    throughput = {}
+    for w, by_name in runs.items():
+        row = {f"{name}_samples_per_s": statistics.median(v) for name, v in by_name.items()}
+        for name in loaders:
+            if name != "rgb":
+                row[f"speedup_{name}"] = row[f"{name}_samples_per_s"] / row["rgb_samples_per_s"]
+        throughput[w] = row
+    best = max(row[f"speedup_{headline}"] for row in throughput.values())
+    result = {
+        "settings": {**vars(args), "rgb_image_size": 224},
+        "splat_shards": fit_info,
+        "bytes": sizes,
+        "throughput": throughput,
+        "runs_samples_per_s": runs,
+        "breakdown_us_per_sample_one_thread": breakdown,
+        "target_speedup": TARGET_SPEEDUP,
+        "best_speedup": best,
+        "meets_target": best >= TARGET_SPEEDUP,
+        "wall_seconds_timing": time.perf_counter() - t0,
+    }
+    path = write_result("load", result, args.out)
+    print(f"  best speed-up {best:.2f}x (target {TARGET_SPEEDUP:g}x); wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
