@@ -35,6 +35,7 @@ __all__ = [
     "CodedImage",
     "bytes_per_gaussian",
     "encode_closed_loop",
+    "encode_closed_loop_batch",
     "fit_and_encode",
     "trim_to_bytes",
 ]
@@ -176,6 +177,49 @@ def encode_closed_loop(
         slack += len(refit) - budget
 
 
+def encode_closed_loop_batch(
+    items: Sequence[Splats],
+    images: Sequence[Tensor],
+    level: str | QuantSpec,
+    budgets: Sequence[int | None] | None = None,
+) -> list[bytes]:
+    """:func:`encode_closed_loop` for many images, re-solving their colours in one batch per size.
+
+    Args:
+        items: one single-image :class:`Splats` per image.
+        images: the matching ``[H, W, 3]`` images in ``[0, 1]``.
+        budgets: bytes allowed per image (``None`` entries or ``None``: no budget).
+    """
+    budgets = list(budgets) if budgets is not None else [None] * len(items)
+    if isinstance(resolve_level(level), str):
+        return [
+            trim_to_bytes(s, b, level)[1] if b else encode(s, level)
+            for s, b in zip(items, budgets, strict=True)
+        ]
+    plain = [
+        trim_to_bytes(s, b, level)[1] if b else encode(s, level)
+        for s, b in zip(items, budgets, strict=True)
+    ]
+    geometry = [decode(p) for p in plain]
+    refit: list[bytes] = [b""] * len(items)
+    groups: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(i)
+    for idx in groups.values():
+        cap = max(geometry[i].capacity for i in idx)
+        batch = Splats.cat([geometry[i].compact(cap) for i in idx])
+        solved = refit_colors(batch, torch.stack([images[i] for i in idx]))
+        for j, i in enumerate(idx):
+            refit[i] = encode(solved[j], level)
+    out = []
+    for i, budget in enumerate(budgets):
+        if budget is not None and len(refit[i]) > budget:  # colours need more room: slow path
+            out.append(encode_closed_loop(items[i], images[i], level, budget))
+        else:
+            out.append(_better(refit[i], plain[i], images[i]))
+    return out
+
+
 def _better(a: bytes, b: bytes, image: Tensor) -> bytes:
     """The payload whose decoded render is closer to ``image``."""
     h, w = image.shape[:2]
@@ -214,7 +258,7 @@ def fit_and_encode(
         return _fit_to_psnr(images, target.psnr, level, n_gaussians, fit_kwargs)
     if target.kind is None:
         result = fit(images, n_gaussians, **fit_kwargs)
-        return [_coded(result, i, level, target) for i in range(result.splats.batch_size)]
+        return _coded_batch(result, level, target)
     return _fit_to_budget(images, target, level, fit_kwargs)
 
 
@@ -232,7 +276,7 @@ def _fit_to_budget(images, target: RateTarget, level, fit_kwargs) -> list[CodedI
         )
     n = min(n, int(sizes.prod(1).min()))
     result = fit(images, n, **fit_kwargs)
-    return [_coded(result, i, level, target, budget) for i, budget in enumerate(budgets)]
+    return _coded_batch(result, level, target, budgets)
 
 
 def _fit_to_psnr(images, goal: float, level, n_max: int, fit_kwargs) -> list[CodedImage]:
@@ -248,8 +292,7 @@ def _fit_to_psnr(images, goal: float, level, n_max: int, fit_kwargs) -> list[Cod
     while pending:
         result = fit([images[i] for i in pending], n, **kwargs)
         still, short = [], []
-        for j, i in enumerate(pending):
-            coded = _coded(result, j, level, target)
+        for i, coded in zip(pending, _coded_batch(result, level, target), strict=True):
             done[i] = coded
             if coded.metrics["psnr"] < goal and n < n_max:
                 still.append(i)
@@ -262,32 +305,42 @@ def _fit_to_psnr(images, goal: float, level, n_max: int, fit_kwargs) -> list[Cod
 
 
 @torch.no_grad()
-def _coded(result, i: int, level, target: RateTarget, budget: int | None = None) -> CodedImage:
+def _coded_batch(
+    result, level, target: RateTarget, budgets: Sequence[int | None] | None = None
+) -> list[CodedImage]:
+    """Encode every image of a fit result (closed loop, in one batch) and measure the decode."""
     start = time.perf_counter()
-    one = result.splats[i].detach().to("cpu")
-    h, w = (int(v) for v in one.image_sizes[0])
-    image = result.targets[i, :h, :w].detach().to("cpu")
-    payload = encode_closed_loop(one, image, level, budget)
-    decoded = decode(payload)
-    shown = render(decoded, h, w).clamp(0, 1)
-    fitted = dict(result.metrics[i])
-    p = float(psnr(shown, image[None])[0])
-    metrics = {
-        **fitted,
-        "psnr_fit": fitted["psnr"],
-        "psnr": p,
-        "ssim": float(ssim(shown, image[None])[0]),
-        "n_gaussians": int(decoded.counts[0]),
-        "bytes": len(payload),
-        "bpp": 8 * len(payload) / (h * w),
-        "ratio": 3 * h * w / len(payload),
-        "level": level if isinstance(level, str) else resolve_level(level).as_dict(),
-        "encode_seconds": time.perf_counter() - start,  # closed-loop encoding and checking
-    }
-    if target.kind is not None:
-        goal = getattr(target, target.kind)
-        metrics["target"] = {target.kind: goal}
-        metrics["reached"] = bool(
-            p >= goal if target.kind == "psnr" else len(payload) <= (budget or 0)
-        )
-    return CodedImage(payload, decoded, image, metrics)
+    count = result.splats.batch_size
+    ones = [result.splats[i].detach().to("cpu") for i in range(count)]
+    sizes = [tuple(int(v) for v in one.image_sizes[0]) for one in ones]
+    images = [result.targets[i, :h, :w].detach().to("cpu") for i, (h, w) in enumerate(sizes)]
+    payloads = encode_closed_loop_batch(ones, images, level, budgets)
+    decoded = [decode(p) for p in payloads]
+    shown = [render(d, h, w).clamp(0, 1) for d, (h, w) in zip(decoded, sizes, strict=True)]
+    seconds = (time.perf_counter() - start) / count
+    level_name = level if isinstance(level, str) else resolve_level(level).as_dict()
+    out = []
+    for i, (payload, (h, w)) in enumerate(zip(payloads, sizes, strict=True)):
+        fitted = dict(result.metrics[i])
+        p = float(psnr(shown[i], images[i][None])[0])
+        metrics = {
+            **fitted,
+            "psnr_fit": fitted["psnr"],
+            "psnr": p,
+            "ssim": float(ssim(shown[i], images[i][None])[0]),
+            "n_gaussians": int(decoded[i].counts[0]),
+            "bytes": len(payload),
+            "bpp": 8 * len(payload) / (h * w),
+            "ratio": 3 * h * w / len(payload),
+            "level": level_name,
+            "encode_seconds": seconds,  # closed-loop encoding and checking, share of the batch
+        }
+        if target.kind is not None:
+            goal = getattr(target, target.kind)
+            budget = budgets[i] if budgets is not None else None
+            metrics["target"] = {target.kind: goal}
+            metrics["reached"] = bool(
+                p >= goal if target.kind == "psnr" else len(payload) <= (budget or 0)
+            )
+        out.append(CodedImage(payload, decoded[i], images[i], metrics))
+    return out
