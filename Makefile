@@ -27,6 +27,11 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q
 
+# A long hypothesis run against codec.decode (10-20 min); GSV_FUZZ_EXAMPLES, GSV_FUZZ_SEED tune it.
+.PHONY: fuzz
+fuzz: $(STAMP)
+	$(PY) tests/codec/fuzz_decode.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

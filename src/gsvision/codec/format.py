@@ -44,6 +44,7 @@ LIMITS = {
     "max_images": 4096,  # images in one payload
     "max_side": 16384,  # pixels, height and width
     "max_gaussians": 1 << 20,  # per image
+    "max_total_gaussians": 1 << 22,  # all images of one payload together
     "max_metadata": 1 << 20,  # bytes of JSON metadata
     "max_expansion": 1024,  # decoded bytes per coded byte, above a 1 MiB floor
     "expansion_floor": 1 << 20,
@@ -104,6 +105,8 @@ def pack(images: list[ImageHeader], metadata: dict[str, Any] | None = None) -> b
         parts.append(_IMAGE.pack(*fields))
         parts.append(im.body)
     data = b"".join(parts)
+    total_n, total_raw = sum(im.n for im in images), sum(im.raw_len for im in images)
+    _check_totals(total_n, total_raw, len(data) + _CRC.size)
     return data + _CRC.pack(zlib.crc32(data))
 
 
@@ -140,6 +143,7 @@ def unpack(data: bytes | bytearray | memoryview) -> tuple[list[ImageHeader], dic
     metadata = _parse_metadata(data[pos : pos + meta_len])
     pos += meta_len
     images = []
+    total_n = total_raw = 0
     for i in range(count):
         _check(pos + _IMAGE.size <= end, f"image {i}: header truncated at byte {pos}")
         fields = _IMAGE.unpack_from(data, pos)
@@ -151,6 +155,8 @@ def unpack(data: bytes | bytearray | memoryview) -> tuple[list[ImageHeader], dic
         pos += coded_len
         _check_expansion(i, header)
         images.append(header)
+        total_n, total_raw = total_n + header.n, total_raw + header.raw_len
+        _check_totals(total_n, total_raw, len(data))
     _check(pos == end, f"{end - pos} unexpected bytes after the last image")
     return images, metadata
 
@@ -205,6 +211,19 @@ def _image_header(i: int, fields: tuple) -> ImageHeader:
         _check((pb, sb, ab, cb) == (0, 0, 0, 0), f"image {i}: bit depths set for a {mode} image")
         _check(all(r == 0 for r in ranges), f"image {i}: ranges set for a {mode} image")
     return ImageHeader(h, w, n, mode, flags, (pb, sb, ab, cb), ranges, raw_len)
+
+
+def _check_totals(total_n: int, total_raw: int, payload_len: int) -> None:
+    """Bound the whole payload, not only each image: the per-image floor must not add up over
+    thousands of tiny images (4096 images of 1 MiB zeros each fit in a ~0.5 MB payload)."""
+    top = LIMITS["max_total_gaussians"]
+    _check(total_n <= top, f"images hold {total_n} Gaussians in all, more than the limit {top}")
+    allowed = max(LIMITS["expansion_floor"], LIMITS["max_expansion"] * payload_len)
+    _check(
+        total_raw <= allowed,
+        f"images declare {total_raw} decoded bytes in all from a {payload_len}-byte payload "
+        f"(limit {allowed})",
+    )
 
 
 def _check_expansion(i: int, header: ImageHeader) -> None:

@@ -106,7 +106,9 @@ class Ranges:
         def span(t: Tensor, width: int) -> tuple[Tensor, Tensor]:
             if t.shape[0] == 0:
                 return t.new_zeros(width), t.new_zeros(width)
-            return t.min(0).values.float(), t.max(0).values.float()
+            # amin/amax, not min(0)/max(0): those also find indices, which under CPU load
+            # costs milliseconds per call even for tiny tensors
+            return t.amin(0).float(), t.amax(0).float()
 
         return cls(*span(pos, 2), *span(logscale, 2), *span(colors, 3))
 
