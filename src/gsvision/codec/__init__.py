@@ -30,8 +30,7 @@ from gsvision.codec.format import LIMITS, CodecError, ImageHeader, pack, unpack
 from gsvision.codec.quant import (
     LEVELS,
     QuantSpec,
-    Ranges,
-    dequantise,
+    dequantise_numpy,
     morton_codes,
     morton_decode,
     quantise,
@@ -199,18 +198,42 @@ def _decode_image(i: int, im: ImageHeader) -> Splats:
             means, chol, colors, opacities = _floats(im, raw)
     except StreamError as exc:
         raise CodecError(f"image {i}: {exc}") from exc
-    values = [means, chol, colors] + ([opacities] if opacities is not None else [])
-    if not all(bool(torch.isfinite(v).all()) for v in values):
-        raise CodecError(f"image {i}: NaN or infinite values after decoding")
-    try:
-        return Splats.create(
-            means, chol, colors, (im.height, im.width), opacities=opacities, validate=True
+    _check_values(i, means, chol, colors, opacities)
+    return Splats(
+        torch.from_numpy(means)[None],
+        torch.from_numpy(chol)[None],
+        torch.from_numpy(colors)[None],
+        torch.tensor([im.n]),
+        torch.tensor([[im.height, im.width]]),
+        None if opacities is None else torch.from_numpy(opacities)[None],
+    )
+
+
+def _check_values(i: int, means, chol, colors, opacities) -> None:
+    """What :meth:`Splats.validate` checks, on numpy arrays (far cheaper per image)."""
+    fields = {"means": means, "chol": chol, "colors": colors, "opacities": opacities}
+    for name, v in fields.items():
+        if v is not None and not np.isfinite(v).all():
+            j = int(np.flatnonzero(~np.isfinite(v).all(-1))[0])
+            raise CodecError(
+                f"image {i}: NaN or infinite values after decoding ({name}, Gaussian {j})"
+            )
+    bad = np.flatnonzero((chol[:, 0] <= 0) | (chol[:, 2] <= 0))
+    if bad.size:
+        raise CodecError(
+            f"image {i}: decoded splats are invalid: Gaussian {int(bad[0])} is not "
+            "positive-definite (l11 and l22 must be > 0)"
         )
-    except ValueError as exc:
-        raise CodecError(f"image {i}: decoded splats are invalid: {exc}") from exc
+    if opacities is not None:
+        bad = np.flatnonzero((opacities[:, 0] < 0) | (opacities[:, 0] > 1))
+        if bad.size:
+            raise CodecError(
+                f"image {i}: decoded splats are invalid: opacities of Gaussian {int(bad[0])} are "
+                "outside [0, 1]"
+            )
 
 
-def _floats(im: ImageHeader, raw: bytes) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+def _floats(im: ImageHeader, raw: bytes) -> tuple[np.ndarray, ...]:
     width = 9 if im.flags & _FLAG_OPACITY else 8
     dtype = np.float32 if im.mode == "float32" else np.float16
     item = np.dtype(dtype).itemsize
@@ -218,11 +241,11 @@ def _floats(im: ImageHeader, raw: bytes) -> tuple[Tensor, Tensor, Tensor, Tensor
         raise StreamError(f"{len(raw)} bytes of {im.mode} data, expected {im.n * width * item}")
     planes = np.frombuffer(raw, dtype=np.uint8).reshape(width * item, im.n)
     table = np.ascontiguousarray(planes.T).view(dtype).reshape(im.n, width).astype(np.float32)
-    t = torch.from_numpy(table)
-    return t[:, 0:2], t[:, 2:5], t[:, 5:8], (t[:, 8:9] if width == 9 else None)
+    columns = (table[:, 0:2], table[:, 2:5], table[:, 5:8], table[:, 8:9] if width == 9 else None)
+    return tuple(None if c is None else np.ascontiguousarray(c) for c in columns)
 
 
-def _dequantised(im: ImageHeader, raw: bytes) -> tuple[Tensor, Tensor, Tensor]:
+def _dequantised(im: ImageHeader, raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     spec = QuantSpec(*im.bits)
     n = im.n
     deltas, used = varint_decode(raw, n)
@@ -238,27 +261,27 @@ def _dequantised(im: ImageHeader, raw: bytes) -> tuple[Tensor, Tensor, Tensor]:
     for size in sizes:
         chunks.append(raw[at : at + size])
         at += size
+    scale = _codes(chunks[0], 2 * n, spec.scale_bits).reshape(2, n).T
+    color = _codes(chunks[2], 3 * n, spec.color_bits).reshape(3, n).T
     codes = {
-        "pos": morton_decode(torch.from_numpy(morton)),
-        "scale": _codes(planes_decode(chunks[0], 2 * n, _nbytes(spec.scale_bits)), spec.scale_bits)
-        .reshape(2, n)
-        .T,
-        "angle": _codes(planes_decode(chunks[1], n, _nbytes(spec.angle_bits)), spec.angle_bits),
-        "color": _codes(planes_decode(chunks[2], 3 * n, _nbytes(spec.color_bits)), spec.color_bits)
-        .reshape(3, n)
-        .T,
+        "pos": morton_decode(morton),
+        "scale": scale,
+        "angle": _codes(chunks[1], n, spec.angle_bits),
+        "color": color,
     }
-    r = [torch.tensor(im.ranges[a:b], dtype=torch.float32) for a, b in _RANGE_SLICES]
-    return dequantise(codes, Ranges(*r), (im.height, im.width), spec)
+    return dequantise_numpy(codes, im.ranges, (im.height, im.width), spec)
 
 
-_RANGE_SLICES = ((0, 2), (2, 4), (4, 6), (6, 8), (8, 11), (11, 14))
-
-
-def _codes(values: np.ndarray, bits: int) -> Tensor:
+def _codes(chunk: bytes, count: int, bits: int) -> np.ndarray:
+    if bits <= 8:  # one byte per code: no plane reassembly
+        values = np.frombuffer(chunk, dtype=np.uint8)
+        if len(values) != count:
+            raise StreamError(f"byte-plane stream is {len(values)} bytes, expected {count}")
+    else:
+        values = planes_decode(chunk, count, 2)
     if values.size and int(values.max()) >= 1 << bits:
         raise StreamError(f"a code exceeds its {bits}-bit depth")
-    return torch.from_numpy(values)
+    return values
 
 
 # ---------------------------------------------------------------------------------- .gsv files

@@ -15,8 +15,10 @@ so what the fitter optimises is exactly what the decoder reproduces.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,10 +27,8 @@ __all__ = [
     "LEVELS",
     "Ranges",
     "to_shape",
-    "from_shape",
     "quantise",
     "dequantise",
-    "fake_quantise",
     "morton_order",
     "resolve_level",
 ]
@@ -130,19 +130,6 @@ def to_shape(chol_px: Tensor) -> Tensor:
     return torch.stack([0.5 * torch.log(major), 0.5 * torch.log(minor), theta], -1)
 
 
-def from_shape(shape: Tensor) -> Tensor:
-    """Inverse of :func:`to_shape`: ``(log σ_major, log σ_minor, θ)`` → pixel Cholesky factors."""
-    log_major, log_minor, theta = shape.unbind(-1)
-    s1, s2 = torch.exp(2 * log_major), torch.exp(2 * log_minor)
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    a = s1 * cos * cos + s2 * sin * sin
-    b = (s1 - s2) * sin * cos
-    l11 = torch.sqrt(a)
-    l21 = b / l11
-    l22 = torch.exp(log_major + log_minor) / l11  # sqrt(det Σ) / l11
-    return torch.stack([l11, l21, l22], -1)
-
-
 #: Colours are coded in an orthonormal luma/chroma basis: the chroma channels span far less than
 #: RGB does, so with one step for all three they need fewer code values (and bytes), and the error
 #: per RGB channel stays what it is per coded channel.
@@ -153,6 +140,7 @@ _COLOR_BASIS = torch.tensor(
         [6**-0.5, -2 * 6**-0.5, 6**-0.5],
     ]
 )
+_COLOR_BASIS_NP = _COLOR_BASIS.numpy()
 
 
 def _levels(bits: int) -> float:
@@ -170,16 +158,8 @@ def _uniform_codes(values: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
     return torch.round(scaled).clamp_(0, _levels(bits)).to(torch.int64)
 
 
-def _uniform_values(codes: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
-    return lo + codes.to(torch.float32) * _step(lo, hi, bits)
-
-
 def _angle_codes(theta: Tensor, bits: int) -> Tensor:
     return torch.round(theta * ((1 << bits) / math.pi)).to(torch.int64) % (1 << bits)
-
-
-def _angle_values(codes: Tensor, bits: int) -> Tensor:
-    return codes.to(torch.float32) * (math.pi / (1 << bits))
 
 
 def quantise(
@@ -209,33 +189,57 @@ def quantise(
 
 
 def dequantise(
-    codes: dict[str, Tensor], ranges: Ranges, size: tuple[int, int], spec: QuantSpec
+    codes: dict[str, Tensor | np.ndarray],
+    ranges: Ranges | Sequence[float],
+    size: tuple[int, int],
+    spec: QuantSpec,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(means, chol, colors)`` in normalised units (float32) from :func:`quantise`'s output."""
-    h, w = size
-    means = _uniform_values(codes["pos"], ranges.pos_lo, ranges.pos_hi, spec.pos_bits)
-    logscale = _uniform_values(codes["scale"], ranges.scale_lo, ranges.scale_hi, spec.scale_bits)
-    theta = _angle_values(codes["angle"], spec.angle_bits)
-    chol_px = from_shape(torch.cat([logscale, theta[:, None]], 1))
-    chol = chol_px / torch.tensor([w, h, h], dtype=torch.float32)
-    colors_t = _uniform_values(codes["color"], ranges.color_lo, ranges.color_hi, spec.color_bits)
-    return means, chol, colors_t @ _COLOR_BASIS
+    """``(means, chol, colors)`` in normalised units (float32) from :func:`quantise`'s output.
 
-
-def fake_quantise(
-    means: Tensor, chol: Tensor, colors: Tensor, size: tuple[int, int], spec: QuantSpec
-) -> tuple[Tensor, Tensor, Tensor]:
-    """What the decoder would return, in the inputs' order, with identity gradients (straight-through).
-
-    Used by quantisation-aware fine-tuning: the forward pass sees the quantised splats, the
-    backward pass updates the underlying float parameters.
+    This is the decoder's definition of the values; it runs in numpy float32 because on one
+    image's worth of Gaussians numpy's per-call cost is a fraction of torch's (decoding is on the
+    training loader's critical path). ``ranges`` may be a :class:`Ranges` or the header's 14 floats.
     """
-    codes, ranges = quantise(means, chol, colors, size, spec)
-    q = dequantise(codes, ranges, size, spec)
-    return tuple(
-        x + (qx.to(x.device, x.dtype) - x).detach()
-        for x, qx in zip((means, chol, colors), q, strict=True)
-    )
+    out = dequantise_numpy({k: np.asarray(v) for k, v in codes.items()}, ranges, size, spec)
+    return tuple(torch.from_numpy(t) for t in out)  # type: ignore[return-value]
+
+
+def dequantise_numpy(
+    codes: dict[str, np.ndarray],
+    ranges: Ranges | Sequence[float],
+    size: tuple[int, int],
+    spec: QuantSpec,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`dequantise` on numpy arrays (float32 ``[N, 2]``, ``[N, 3]``, ``[N, 3]``)."""
+    if isinstance(ranges, Ranges):
+        flat = np.concatenate([np.asarray(t, np.float32) for t in ranges.tensors()])
+    else:
+        flat = np.asarray(ranges, np.float32)
+    h, w = size
+    means = _values_np(codes["pos"], flat[0:2], flat[2:4], spec.pos_bits)
+    logscale = _values_np(codes["scale"], flat[4:6], flat[6:8], spec.scale_bits)
+    theta = codes["angle"].astype(np.float32) * np.float32(math.pi / (1 << spec.angle_bits))
+    chol = _from_shape_np(logscale[:, 0], logscale[:, 1], theta)
+    chol /= np.array([w, h, h], np.float32)
+    colors_t = _values_np(codes["color"], flat[8:11], flat[11:14], spec.color_bits)
+    return means, chol, colors_t @ _COLOR_BASIS_NP
+
+
+def _values_np(codes: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
+    step = (hi - lo).max() / np.float32(_levels(bits))
+    return lo + codes.astype(np.float32) * step
+
+
+def _from_shape_np(log_major: np.ndarray, log_minor: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    # Degenerate ranges (a log-scale near its ±10⁶ limit) overflow to inf/NaN here: the decoder
+    # then refuses the image, so numpy's warnings about it are noise.
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        s1, s2 = np.exp(2 * log_major), np.exp(2 * log_minor)
+        cos, sin = np.cos(theta), np.sin(theta)
+        a = s1 * cos * cos + s2 * sin * sin
+        b = (s1 - s2) * sin * cos
+        l11 = np.sqrt(a)
+        return np.stack([l11, b / l11, np.exp(log_major + log_minor) / l11], -1)
 
 
 def _spread_bits(v: Tensor) -> Tensor:
@@ -263,9 +267,9 @@ def morton_codes(pos_codes: Tensor) -> Tensor:
     return _spread_bits(pos_codes[:, 0]) | (_spread_bits(pos_codes[:, 1]) << 1)
 
 
-def morton_decode(codes: Tensor) -> Tensor:
-    """``[N]`` Morton codes → ``[N, 2]`` ``(x, y)`` integer codes."""
-    return torch.stack([_compact_bits(codes), _compact_bits(codes >> 1)], 1)
+def morton_decode(codes: np.ndarray) -> np.ndarray:
+    """``[N]`` Morton codes → ``[N, 2]`` ``(x, y)`` integer codes (numpy)."""
+    return np.stack([_compact_bits(codes), _compact_bits(codes >> 1)], 1)
 
 
 def morton_order(pos_codes: Tensor) -> Tensor:
