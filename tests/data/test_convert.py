@@ -137,27 +137,26 @@ def test_pipe_urls_are_read(tmp_path):
     assert summary["images_converted"] == 2 and (tmp_path / "out" / "00000.tar").exists()
 
 
-def _convert_command(pattern: str, out: Path) -> list[str]:
-    return [sys.executable, "-m", "gsvision.cli", "convert", pattern, str(out), *TINY_ARGS]
+def _convert_command(pattern: str, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "gsvision.cli", "convert", pattern, str(out), *TINY_ARGS, *extra]
 
 
 def test_sigkill_mid_run_then_rerun_loses_nothing(tmp_path):
-    paths = make_image_text_shards(tmp_path / "in", shards=6, per_shard=3)
-    pattern = str(tmp_path / "in" / "{00000..00005}.tar")
+    paths = make_image_text_shards(tmp_path / "in", shards=8, per_shard=4)
+    pattern = str(tmp_path / "in" / "{00000..00007}.tar")
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_convert_command(pattern, out), env=env, stderr=subprocess.DEVNULL)
+    slow = ("--iters", "40")  # each shard takes a while, so the kill lands inside the job
+    proc = subprocess.Popen(_convert_command(pattern, out, *slow), stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list(out.glob("*_stats.json")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # somewhere inside a later shard
-    proc.send_signal(signal.SIGKILL)
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # inside the second shard
     proc.wait()
     finished = len(list(out.glob("*_stats.json")))
-    assert 1 <= finished < 6, "the kill should land mid-job"
+    assert 1 <= finished < 8, "the kill should land mid-job"
     for tar in out.glob("*.tar"):  # a final name only ever holds a complete tar
         list(iter_samples(str(tar)))
-    rerun = subprocess.run(_convert_command(pattern, out), capture_output=True, text=True)
+    rerun = subprocess.run(_convert_command(pattern, out, *slow), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     written = output_keys(out)
     assert sorted(written) == sorted(input_keys(paths))  # each exactly once
