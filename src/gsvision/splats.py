@@ -24,10 +24,26 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Splats", "FIELDS"]
+__all__ = ["Splats", "FIELDS", "chol_from_axes"]
 
 #: The per-Gaussian tensor fields and their last dimension.
 FIELDS: dict[str, int] = {"means": 2, "chol": 3, "colors": 3, "opacities": 1}
+
+
+def chol_from_axes(sigma_major: Tensor, sigma_minor: Tensor, theta: Tensor) -> Tensor:
+    """``[..., 3]`` Cholesky factors ``(l11, l21, l22)`` of ``Σ = R(θ) diag(σ₁², σ₂²) R(θ)ᵀ``.
+
+    A Gaussian described by its axes (standard deviations along and across ``θ``, radians from
+    the x axis), in whatever unit the sigmas are in (pixels, say: divide by ``(W, H, H)`` for the
+    normalised factors :class:`Splats` stores).
+    """
+    c, s = torch.cos(theta), torch.sin(theta)
+    v1, v2 = sigma_major * sigma_major, sigma_minor * sigma_minor
+    sxx = c * c * v1 + s * s * v2
+    sxy = c * s * (v1 - v2)
+    l11 = torch.sqrt(sxx)
+    # l22 = sqrt(det Σ) / l11 = σ₁σ₂ / l11 keeps thin Gaussians accurate
+    return torch.stack([l11, sxy / l11, sigma_major * sigma_minor / l11], -1)
 
 
 @dataclass

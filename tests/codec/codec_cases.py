@@ -32,7 +32,7 @@ from gsvision.codec import (
     read_metadata,
 )
 from gsvision.codec.entropy import compress, decompress
-from gsvision.splats import Splats
+from gsvision.splats import Splats, chol_from_axes
 
 # ------------------------------------------------------------------------------ the layout (spec)
 MAGIC = b"\x89GSV"
@@ -97,15 +97,8 @@ def random_splats(
     s1 = torch.exp(lo + (hi - lo) * u(b, n))
     s2 = s1 / torch.exp(math.log(4.0) * u(b, n))
     theta = u(b, n) * math.pi
-    c, s = torch.cos(theta), torch.sin(theta)
-    sxx = c * c * s1**2 + s * s * s2**2
-    sxy = c * s * (s1**2 - s2**2)
-    syy = s * s * s1**2 + c * c * s2**2
-    l11 = torch.sqrt(sxx)
-    l21 = sxy / l11
-    l22 = torch.sqrt(syy - l21**2)
     height, width = hw[:, 0, None], hw[:, 1, None]
-    chol = torch.stack([l11 / width, l21 / height, l22 / height], -1)
+    chol = chol_from_axes(s1, s2, theta) / torch.stack([width, height, height], -1)
     col = colors[0] + (colors[1] - colors[0]) * u(b, n, 3)
     out = Splats.create(
         means.to(dtype),

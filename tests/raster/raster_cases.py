@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 
 from gsvision.raster.reference import render_reference
-from gsvision.splats import Splats
+from gsvision.splats import Splats, chol_from_axes
 
 
 def random_splats(
@@ -42,15 +42,8 @@ def random_splats(
     s1 = torch.exp(lo + (hi - lo) * u(batch, n))
     s2 = s1 / torch.exp(torch.log(torch.tensor(anisotropy)) * u(batch, n))
     theta = u(batch, n) * torch.pi
-    c, s = torch.cos(theta), torch.sin(theta)
     # Σ = R diag(s1², s2²) Rᵀ in pixels, then its Cholesky factor, then normalised units.
-    sxx = c * c * s1**2 + s * s * s2**2
-    sxy = c * s * (s1**2 - s2**2)
-    syy = s * s * s1**2 + c * c * s2**2
-    l11 = torch.sqrt(sxx)
-    l21 = sxy / l11
-    l22 = torch.sqrt(syy - l21**2)
-    chol = torch.stack([l11 / width, l21 / height, l22 / height], -1)
+    chol = chol_from_axes(s1, s2, theta) / torch.tensor([width, height, height], dtype=s1.dtype)
     colors = u(batch, n, 3) * 1.2 - 0.1
     opac = u(batch, n, 1) if opacity else None
     if counts is None:
