@@ -1,0 +1,54 @@
+import json
+import math
+
+import pytest
+
+from gsvision.bench.codec import bytes_for_psnr, interp_at_bytes, pareto_front
+from gsvision.cli import main
+
+
+def test_bench_codec_quick_writes_its_json_and_figure(tmp_path):
+    assert main(["bench", "codec", "--quick", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "codec.json").read_text())
+    assert (tmp_path / "rd.png").stat().st_size > 1000  # --quick plots beside its JSON
+    assert data["machine"]["cpu_count"] >= 1
+    assert [f["n"] for f in data["gsvision"]["fits"]] == [24, 64]
+    points = data["gsvision"]["points"]
+    assert {p["level"] for p in points} == {"f16", "high", "medium", "low"}
+    for p in points + [r for rows in data["codecs"].values() for r in rows]:
+        assert p["bytes"] > 0 and math.isfinite(p["psnr"]) and -1 <= p["ssim"] <= 1
+        assert p["ratio"] == pytest.approx(3 * 64 * 64 / p["bytes"])
+    for n in (24, 64):  # finer levels cost more bytes
+        by_level = {p["level"]: p["bytes"] for p in points if p["n"] == n}
+        assert by_level["high"] >= by_level["medium"] >= by_level["low"]
+    assert data["codecs"]["jpeg"], "Pillow always has JPEG"
+    for rows in data["codecs"].values():
+        nbytes = [r["bytes"] for r in sorted(rows, key=lambda r: r["quality"])]
+        assert nbytes == sorted(nbytes), "bytes grow with quality"
+    summary = data["summary"]
+    f16 = summary["f16_same_psnr_fewer_bytes"]
+    assert [r["n"] for r in f16["rows"]] == [24, 64]
+    assert all(r["ratio_vs_plain_f16"] > 1 for r in f16["rows"])
+    assert isinstance(f16["met_for_every_n"], bool)
+    rows = summary["equal_bytes"]["rows"]
+    assert [r["bpp"] for r in rows] == [0.2, 0.3, 0.5, 0.75, 1.0]
+    for r in rows:
+        assert set(r["psnr"]) == {"gsvision", *data["codecs"]}
+        assert all(v is None or math.isfinite(v) for v in r["psnr"].values())
+    raw = summary["ratio_to_raw"]
+    assert raw["raw_bytes"] == 3 * 64 * 64 and 1 < raw["min_ratio"] <= raw["max_ratio"]
+
+
+def test_front_and_interpolation():
+    pts = [
+        {"bytes": 100, "psnr": 20.0},
+        {"bytes": 150, "psnr": 19.0},  # dominated
+        {"bytes": 400, "psnr": 24.0},
+    ]
+    front = pareto_front(pts)
+    assert [p["bytes"] for p in front] == [100, 400]
+    assert interp_at_bytes(front, 200) == pytest.approx(22.0)  # halfway in log-bytes
+    assert interp_at_bytes(front, 50) is None and interp_at_bytes(front, 500) is None
+    assert bytes_for_psnr(front, 22.0) == (pytest.approx(200.0), True)
+    assert bytes_for_psnr(front, 25.0) == (None, False)
+    assert bytes_for_psnr(front, 19.0) == (100.0, False)  # a bound: the cheapest already does
