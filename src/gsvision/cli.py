@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gsvision import __version__
+from gsvision.io import jsonable, write_atomic
 
 __all__ = ["main", "build_parser", "COMMANDS", "CLIError"]
 
@@ -74,19 +75,6 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain Python values (numbers from tensors/numpy, paths) for JSON."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "tolist"):  # tensors and numpy scalars/arrays
-        return value.tolist()
     return value
 
 
@@ -269,18 +257,18 @@ def _fit_and_write(
             group, results, strict=True
         ):
             h, w = (int(v) for v in one.image_sizes[0])
-            metrics = _jsonable(metrics)
+            metrics = jsonable(metrics)
             meta = {
                 "source": str(path),
                 "original_size": [int(image.shape[0]), int(image.shape[1])],
                 "fitted_size": [h, w],
                 "metrics": metrics,
-                "settings": _jsonable(settings),
+                "settings": jsonable(settings),
                 "gsvision_version": __version__,
             }
             output = out / f"{name}.{settings['format']}"
             if payload is not None:  # .gsv: the payload alone; metrics.json holds the rest
-                _write_atomic(output, payload)
+                write_atomic(output, payload)
             else:
                 from gsvision.io import save_splats
 
@@ -316,16 +304,10 @@ def _fit_group(images: list, settings: dict[str, Any], progress: bool) -> list[t
 _CODING_SETTINGS = ("format", "level", "bytes", "ratio")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def _metrics_json(out: Path, fitted: list[_Fitted], failures: list, settings: dict) -> Path:
     doc = {
         "gsvision_version": __version__,
-        "settings": _jsonable(settings),
+        "settings": jsonable(settings),
         "images": [
             {
                 "name": f.name,

@@ -42,6 +42,8 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "SPLAT_FORMATS",
     "decode_image",
+    "jsonable",
+    "write_atomic",
     "load_image",
     "save_image",
     "sample_images",
@@ -287,6 +289,37 @@ class SplatFormat:
 
     read: Callable[[Path], tuple[dict[str, Tensor], dict[str, Any]]]  # -> (tensors, metadata)
     write: Callable[[Path, Splats, dict[str, Any]], None]  # writes to the (temporary) path given
+
+
+def jsonable(value: Any) -> Any:
+    """Plain Python values for JSON: numbers from tensors/numpy, paths as strings, tuples as lists."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # tensors and numpy scalars/arrays
+        return value.tolist()
+    return value
+
+
+def write_atomic(path: PathLike, data: bytes | str) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place.
+
+    Readers never see a half-written file, and a crash leaves at most a hidden ``.tmp`` file.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def _write_safetensors(path: Path, splats: Splats, metadata: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ from gsvision.data.shards import (
     read_shard_stats,
     shard_name,
 )
+from gsvision.io import jsonable, write_atomic
 
 __all__ = ["ConvertConfig", "JobConflictError", "convert"]
 
@@ -143,7 +144,7 @@ def convert(
     out = Path(out_dir)
     rank, world, local_rank = _rank_world()
     dist = _dist_setup(world)
-    job = {"inputs": urls, "settings": _jsonable(cfg.identity())}
+    job = {"inputs": urls, "settings": jsonable(cfg.identity())}
     error = _check_job(out, job, cfg.resume)
     if dist is not None:
         dist.barrier()  # everyone has checked before rank 0 writes the job file
@@ -413,7 +414,7 @@ def _sample_metrics(item: _Item, coded) -> dict[str, Any]:
     out["source_size"] = [int(item.image.shape[0]), int(item.image.shape[1])]
     if "reached" in m:
         out["target"], out["reached"] = m["target"], m["reached"]
-    return _jsonable(out)
+    return jsonable(out)
 
 
 def _progress(urls, pending, cfg: ConvertConfig, rank: int):
@@ -501,13 +502,5 @@ def _print_summary(s: dict[str, Any]) -> None:
     print("\n".join(lines))
 
 
-def _jsonable(value: Any) -> Any:
-    return json.loads(
-        json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v))
-    )
-
-
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1) + "\n")
