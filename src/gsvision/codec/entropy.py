@@ -15,6 +15,7 @@ import zstandard
 __all__ = [
     "varint_encode",
     "varint_decode",
+    "varint_values",
     "planes_encode",
     "planes_decode",
     "compress",
@@ -54,20 +55,37 @@ def varint_decode(data: bytes | memoryview, count: int) -> tuple[np.ndarray, int
     if count == 0:
         return np.zeros(0, dtype=np.int64), 0
     buf = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(buf < 0x80)
+    # The first ``count`` varints of a valid stream lie in its first 5 * count bytes: look there
+    # first, and scan the rest (the attribute planes) only to name what is wrong.
+    ends = np.flatnonzero(buf[: 5 * count] < 0x80)
+    if ends.size < count:
+        ends = np.flatnonzero(buf < 0x80)
     if ends.size < count:
         raise StreamError(f"position stream holds {ends.size} complete varints, expected {count}")
     ends = ends[:count]
-    used = int(ends[-1]) + 1
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    lengths = ends - starts + 1
+    lengths = np.diff(ends, prepend=-1)
     if lengths.max() > 5:
         raise StreamError("position stream holds a varint longer than 5 bytes")
-    values = np.zeros(count, dtype=np.int64)
-    for k in range(int(lengths.max())):
-        has = lengths > k
-        values[has] |= (buf[starts[has] + k].astype(np.int64) & 0x7F) << (7 * k)
-    return values, used
+    return varint_values(buf, ends, lengths), int(ends[-1]) + 1
+
+
+def varint_values(buf: np.ndarray, ends: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The values of consecutive varints at the start of ``buf`` (uint8), given where each ends
+    (the index of its last byte) and its length, 1 to 5 bytes (the caller checks both).
+
+    One gather per byte position, for all varints at once; :func:`varint_decode` and the batch
+    decoder (which reads the varints of many images in one call) share it.
+    """
+    used = int(ends[-1]) + 1 if ends.size else 0
+    if used == ends.size:  # every varint one byte long
+        return buf[:used].astype(np.int64)
+    low = np.zeros(used + 4, dtype=np.int64)  # 7-bit groups, 4 spare bytes for the gathers
+    np.bitwise_and(buf[:used], 0x7F, out=low[:used], casting="unsafe")
+    starts = ends - (lengths - 1)
+    values = low[starts]
+    for k in range(1, int(lengths.max())):
+        values |= np.where(lengths > k, low[starts + k], 0) << (7 * k)
+    return values
 
 
 def planes_encode(values: np.ndarray, nbytes: int) -> bytes:
