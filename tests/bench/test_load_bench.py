@@ -14,4 +14,6 @@ def test_bench_load_quick_writes_its_json(tmp_path):
     assert data["bytes"]["jpeg"]["samples"] == data["bytes"]["splat_medium"]["samples"] == 12
     assert data["bytes"]["splat_medium"]["gsv_bytes_per_sample"] > 0
     assert data["target_speedup"] == 31 and isinstance(data["meets_target"], bool)
-    assert data["breakdown_us_per_sample_one_thread"]["codec_decode_us"] > 0
+    breakdown = data["breakdown_us_per_sample_one_thread"]
+    for step in ("codec_decode_us", "codec_decode_batch_us", "collate_us", "splat_tar_read_us"):
+        assert breakdown[step] > 0, step

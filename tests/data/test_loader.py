@@ -13,6 +13,7 @@ from gsvision.codec import CodecError, encode
 from gsvision.data.loader import (
     collate_splats,
     decode_splat_sample,
+    extract_splat_sample,
     pad_splats,
     rgb_pipeline,
     splat_pipeline,
@@ -81,6 +82,7 @@ def test_pipeline_skips_a_corrupt_payload_with_a_warning_and_goes_on(shards):
         batches = list(pipeline)
     keys = [k for _, _, ks in batches for k in ks]
     assert keys == _good_keys()  # shard order kept, nothing after the bad sample lost
+    assert [len(ks) for _, _, ks in batches] == [3, 4, 2]  # its batch goes on a sample short
     for splats, texts, ks in batches:
         assert splats.capacity == 8 and splats.means.shape == (len(ks), 8, 2)
         assert texts == [f"caption {k}" for k in ks]  # captions follow the keys
@@ -91,8 +93,71 @@ def test_pipeline_skips_a_corrupt_payload_with_a_warning_and_goes_on(shards):
 
 
 def test_pipeline_reraises_when_asked(shards):
-    with pytest.raises(CodecError):
+    with pytest.raises(CodecError, match=f"sample '{CORRUPT}'"):
         list(splat_pipeline(shards, n=8, batch_size=4, handler=wds.reraise_exception))
+
+
+def test_pipeline_stops_after_the_batch_when_the_handler_says_stop(shards):
+    seen = []
+
+    def stop(exn: Exception) -> bool:
+        seen.append(exn)
+        return False
+
+    batches = list(splat_pipeline(shards, n=8, batch_size=4, handler=stop, with_keys=True))
+    assert [ks for _, _, ks in batches] == [[_key(0, 0), _key(0, 1), _key(0, 3)]]
+    assert len(seen) == 1 and isinstance(seen[0], CodecError)
+
+
+def test_collate_decodes_payloads_as_decode_and_pad_splats_would():
+    """Payload items (the pipeline's) give what decoding each and padding gives, bit for bit:
+    padding, trimming by importance (only the images above n) and the captions."""
+    items = [_splats(c, seed=c) for c in (3, 9, 6, 12)]
+    payloads = [encode(s, "medium") for s in items]
+    batch = [(p, f"t{i}", f"k{i}") for i, p in enumerate(payloads)]
+    got, texts, keys = collate_splats(batch, 6, with_keys=True)
+    want = pad_splats([decode_splat_sample({"gsv": p, "txt": b"x"}).splats for p in payloads], 6)
+    for name in ("means", "chol", "colors", "counts", "image_sizes"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    assert got.counts.tolist() == [3, 6, 6, 6] and texts == ["t0", "t1", "t2", "t3"]
+    assert keys == ["k0", "k1", "k2", "k3"]
+    # the same from the pipeline's map stage
+    raw = {"__key__": "k0", "gsv": payloads[0], "txt": b"t0", "json": b"{}"}
+    sample = extract_splat_sample(raw)
+    assert sample == (payloads[0], "t0", "k0")
+
+
+def test_collate_names_bad_payloads_and_leaves_them_out():
+    good = encode(_splats(5, 1), "lossless")
+    two = encode(Splats.cat([_splats(4, 2), _splats(4, 3)]), "medium")
+    batch = [(good, "a", "ka"), (good[:-1], "b", "kb"), (two, "c", "kc"), (good, "d", "kd")]
+    with pytest.raises(CodecError, match="sample 'kb': checksum mismatch"):
+        collate_splats(batch, 8)
+    errors: list[CodecError] = []
+    splats, texts, keys = collate_splats(batch, 8, with_keys=True, on_error=errors.append)
+    assert keys == ["ka", "kd"] and texts == ["a", "d"] and splats.batch_size == 2
+    assert [str(e)[:10] for e in errors] == ["sample 'kb", "sample 'kc"]
+    assert "holds 2 images, expected 1" in str(errors[1])
+    splats, texts = collate_splats(batch[1:3], 8, on_error=errors.append)  # nothing left
+    assert splats.means.shape == (0, 8, 2) and texts == []
+    with pytest.raises(TypeError, match="both"):
+        collate_splats([(good, "a", "ka"), (_splats(3, 0), "b", "kb")], 8)
+
+
+def test_collate_decodes_one_by_one_when_the_padded_batch_would_be_too_big(monkeypatch):
+    """A payload far above n (here: over the padded-slot budget) does not sink its batch."""
+    import gsvision.codec as codec
+
+    monkeypatch.setattr(codec, "_MAX_PADDED_SLOTS", 40)  # 3 images x 20 Gaussians: 60
+    items = [_splats(c, seed=c) for c in (4, 20, 7)]
+    batch = [(encode(s, "lossless"), f"t{i}", f"k{i}") for i, s in enumerate(items)]
+    with pytest.raises(CodecError, match="60 Gaussian slots exceeds 40"):
+        codec.decode_batch([p for p, _, _ in batch])
+    splats, texts = collate_splats(batch + [(b"junk", "t3", "k3")], 8, on_error=lambda e: None)
+    assert splats.counts.tolist() == [4, 8, 7] and texts == ["t0", "t1", "t2"]
+    want = pad_splats(items, 8)
+    for name in ("means", "chol", "colors", "counts", "image_sizes"):
+        assert torch.equal(getattr(splats, name), getattr(want, name)), name
 
 
 def test_pad_splats_pads_and_keeps_the_most_important_when_trimming():
@@ -111,6 +176,10 @@ def test_pad_splats_pads_and_keeps_the_most_important_when_trimming():
     torch.testing.assert_close(out.colors[1], big.colors[0, keep])
     assert out.image_sizes.tolist() == [[24, 32], [24, 32]]
     assert out.opacities is None
+    # Items of several images: the same, a whole item at a time.
+    both = pad_splats([Splats.cat([small, big])], 4)
+    for name in ("means", "chol", "colors", "counts", "image_sizes"):
+        assert torch.equal(getattr(both, name), getattr(out, name)), name
     # Exactly N: nothing to do but copy.
     same = pad_splats([big], 6)
     torch.testing.assert_close(same.means, big.means)
@@ -140,8 +209,8 @@ def test_collate_and_pipeline_take_a_tokenizer(shards):
     pipeline = splat_pipeline(
         shards, n=16, batch_size=3, tokenizer=tokenizer, handler=wds.ignore_and_continue
     )
-    splats, tokens = next(iter(pipeline))
-    assert splats.means.shape == (3, 16, 2) and tokens.shape == (3, 3)
+    splats, tokens = next(iter(pipeline))  # the first three samples, less the corrupt third
+    assert splats.means.shape == (2, 16, 2) and tokens.shape == (2, 3)
 
 
 def test_dataloader_with_two_workers_yields_every_sample_once(shards):

@@ -2,8 +2,8 @@
 
 Side by side in one run, on the same samples: open_clip's way (PIL-decode each JPEG, bicubic
 resize + centre crop to 224, to tensor, normalise; batches of ``[B, 3, 224, 224]``) against
-:class:`~gsvision.data.loader.SplatDataset` (decode each ``.gsv`` payload, pad to ``N``; batches of
-``Splats [B, N]``), both through ``torch.utils.data.DataLoader(pipeline, batch_size=None,
+:class:`~gsvision.data.loader.SplatDataset` (decode each batch's ``.gsv`` payloads in one pass with
+:func:`~gsvision.codec.decode_batch`, bring them to ``N`` slots; batches of ``Splats [B, N]``), both through ``torch.utils.data.DataLoader(pipeline, batch_size=None,
 num_workers=k)`` for k = 1 and 2, persistent workers, the warm-up epoch excluded. Rounds are
 interleaved and the median is reported.
 
@@ -101,18 +101,27 @@ def _epoch(loader) -> int:
     return sum(len(text) for _, text in loader)
 
 
-def _breakdown(jpg_urls: list[str], splat_urls: list[str], n: int, repeat: int) -> dict:
-    """In-process, one thread: microseconds per sample of each step of the two loaders."""
+def _breakdown(
+    jpg_urls: list[str], splat_urls: list[str], n: int, batch_size: int, repeat: int
+) -> dict:
+    """In-process, one thread: microseconds per sample of each step of the two loaders (and of
+    the splat loader's former per-payload decode, for comparison)."""
     import open_clip
     import webdataset as wds
     from PIL import Image
 
-    from gsvision.codec import decode
-    from gsvision.data.loader import pad_splats
+    from gsvision.codec import decode, decode_batch
+    from gsvision.data.loader import collate_splats, extract_splat_sample, pad_splats
     from gsvision.data.shards import iter_samples
 
     jpgs = [s.image()[1] for s in iter_samples(jpg_urls[0])]
-    gsvs = [s.files["gsv"] for s in iter_samples(splat_urls[0])]
+    raw = list(iter_samples(splat_urls[0]))
+    gsvs = [s.files["gsv"] for s in raw]
+    samples = [extract_splat_sample({"__key__": s.key, **s.files}) for s in raw]
+
+    def batches(fn):  # fn on each batch of batch_size items, as the loader's collate step sees them
+        return lambda xs: [fn(xs[k : k + batch_size]) for k in range(0, len(xs), batch_size)]
+
     preprocess = open_clip.image_transform(224, is_train=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -142,6 +151,8 @@ def _breakdown(jpg_urls: list[str], splat_urls: list[str], n: int, repeat: int) 
             "resize_crop_normalise_us": per_sample(lambda xs: [preprocess(p) for p in xs], pils),
             "codec_decode_us": per_sample(lambda xs: [decode(b) for b in xs], gsvs),
             "pad_to_n_us": per_sample(lambda xs: pad_splats(xs, n), decoded),
+            "codec_decode_batch_us": per_sample(batches(decode_batch), gsvs),
+            "collate_us": per_sample(batches(lambda xs: collate_splats(xs, n)), samples),
         }
     finally:
         torch.set_num_threads(threads)
@@ -196,7 +207,9 @@ def main(argv: list[str] | None = None) -> dict:
                     rate = _throughput(make(), w, args.epochs)
                     runs[str(w)][name].append(rate)
                     print(f"  round {r} workers={w} {name}: {rate:.0f} samples/s", flush=True)
-        breakdown = _breakdown(jpg_urls, splat_urls[args.levels[0]], args.n, repeat=2)
+        breakdown = _breakdown(
+            jpg_urls, splat_urls[args.levels[0]], args.n, args.batch_size, repeat=2
+        )
 
     headline = f"splat_{args.levels[0]}"
     throughput = {}

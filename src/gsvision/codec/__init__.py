@@ -1,6 +1,7 @@
 """The ``.gsv`` splat codec: quantise → entropy-code → versioned, checksummed bytes, and back.
 
-``encode(splats, level=...)`` turns a batch into one payload; ``decode(payload)`` returns the batch.
+``encode(splats, level=...)`` turns a batch into one payload; ``decode(payload)`` returns the batch,
+and ``decode_batch(payloads)`` many payloads as one padded batch, in one vectorised pass.
 Levels: ``"lossless"`` (float32, bit-exact, opacities kept), ``"f16"`` (float16), and the quantised
 presets ``"high"``, ``"medium"`` (default), ``"low"`` or any :class:`QuantSpec`; quantised levels
 fold opacities into colours and store Gaussians in Z-order. ``decode`` is safe on untrusted bytes:
@@ -9,8 +10,11 @@ every failure is a :class:`CodecError` naming the problem (docs/format.md lists 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -20,17 +24,19 @@ from gsvision.codec.entropy import (
     StreamError,
     compress,
     decompress,
-    planes_decode,
     planes_encode,
     varint_decode,
     varint_encode,
+    varint_values,
 )
 from gsvision.codec.format import FLAG_OPACITY as _FLAG_OPACITY
 from gsvision.codec.format import LIMITS, CodecError, ImageHeader, pack, unpack
 from gsvision.codec.quant import (
+    _COLOR_BASIS_NP,
     LEVELS,
     QuantSpec,
-    dequantise_numpy,
+    _from_shape_np,
+    _levels,
     morton_codes,
     morton_decode,
     quantise,
@@ -46,6 +52,7 @@ __all__ = [
     "LIMITS",
     "QuantSpec",
     "decode",
+    "decode_batch",
     "decode_images",
     "describe",
     "encode",
@@ -55,8 +62,15 @@ __all__ = [
 
 DEFAULT_LEVEL = "medium"
 
-# The largest padded batch decode() builds, in Gaussian slots (decode_images has no padding).
+# The largest padded batch decode() and decode_batch() build, in Gaussian slots (decode_images
+# has no padding).
 _MAX_PADDED_SLOTS = 1 << 22
+
+# The batch decoder works through the images of one mode in runs of about this many Gaussians:
+# its temporaries then stay in the cache and below malloc's mmap threshold (fresh pages for every
+# 500 kB temporary cost more than the arithmetic), while numpy's per-call cost is still spread
+# over ~16 images of 1,024 Gaussians.
+_RUN_GAUSSIANS = 1 << 14
 
 
 def encode(
@@ -89,8 +103,24 @@ def encoded_sizes(payload: bytes) -> list[int]:
 
 def decode_images(payload: bytes | bytearray | memoryview) -> list[Splats]:
     """Decode a payload into one single-image :class:`Splats` per image (no padding)."""
-    images, _ = unpack(payload)
-    return [_decode_image(i, im) for i, im in enumerate(images)]
+    out = _decode_payloads([payload])
+    if out.failed:
+        raise out.failed[0]
+    ends = np.cumsum(out.counts).tolist()
+    items = []
+    for b, (lo, hi) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
+        opacities = out.opacities[lo:hi][None] if out.has_opacity[b] else None  # type: ignore[index]
+        items.append(
+            Splats(
+                torch.from_numpy(out.means[lo:hi])[None],
+                torch.from_numpy(out.chol[lo:hi])[None],
+                torch.from_numpy(out.colors[lo:hi])[None],
+                torch.from_numpy(out.counts[b : b + 1]),
+                torch.from_numpy(out.sizes[b : b + 1]),
+                None if opacities is None else torch.from_numpy(opacities),
+            )
+        )
+    return items
 
 
 def decode(payload: bytes | bytearray | memoryview) -> Splats:
@@ -99,17 +129,56 @@ def decode(payload: bytes | bytearray | memoryview) -> Splats:
     Raises:
         CodecError: naming the problem, for any malformed, corrupt, truncated or hostile payload.
     """
-    items = decode_images(payload)
-    slots = len(items) * max(s.capacity for s in items)
-    if slots > _MAX_PADDED_SLOTS:
-        raise CodecError(
-            f"padding {len(items)} images to {slots} Gaussian slots exceeds {_MAX_PADDED_SLOTS}; "
-            "use decode_images() for batches of very different sizes"
-        )
-    if len(items) == 1:
-        return items[0]
-    cap = max(s.capacity for s in items)
-    return Splats.cat([s.compact(cap) for s in items])
+    out = _decode_payloads([payload])
+    if out.failed:
+        raise out.failed[0]
+    return _padded(out, None, "use decode_images() for batches of very different sizes")
+
+
+def decode_batch(
+    payloads: Sequence[bytes | bytearray | memoryview],
+    capacity: int | None = None,
+    *,
+    errors: str = "raise",
+    images_per_payload: int | None = None,
+) -> Splats | tuple[Splats, dict[int, CodecError]]:
+    """Decode many payloads into one padded batch in one vectorised pass (the training loader's).
+
+    Each payload is checked as :func:`decode` checks it, and each image's values are bit for bit
+    what :func:`decode` returns: only the container parse and the zstd frame are per payload;
+    varints, byte planes, Morton codes, dequantisation and the value checks run once over all
+    images of one coding mode and bit depths.
+
+    Args:
+        payloads: ``.gsv`` payloads of one or more images each.
+        capacity: Gaussian slots per image (``N``); default the largest count. An image with more
+            Gaussians is an error of its payload (to keep the most important ``N``, decode with
+            the default and trim, as :func:`gsvision.data.loader.collate_splats` does).
+        errors: ``"raise"``: a bad payload raises; ``"skip"``: bad payloads are left out and
+            reported, the others decoded.
+        images_per_payload: if set, a payload holding another number of images is an error.
+
+    Returns:
+        ``Splats [B_total, capacity]``: the images of every good payload, in order (opacities
+        kept only if every image has them, else folded into the colours, as :meth:`Splats.cat`).
+        With ``errors="skip"``, ``(splats, skipped)``: ``skipped`` maps the index of each payload
+        left out to its :class:`CodecError` (the message :func:`decode` would give).
+
+    Raises:
+        CodecError: ``"payload k: <the message decode() gives>"`` for the first bad payload
+            (``errors="raise"``); in either mode if the padded batch would exceed 4,194,304
+            Gaussian slots.
+    """
+    if errors not in ("raise", "skip"):
+        raise ValueError(f'decode_batch: errors must be "raise" or "skip", got {errors!r}')
+    if capacity is not None and capacity < 0:
+        raise ValueError(f"decode_batch: capacity must be >= 0, got {capacity}")
+    out = _decode_payloads(payloads, capacity, images_per_payload)
+    if out.failed and errors == "raise":
+        k = min(out.failed)
+        raise CodecError(f"payload {k}: {out.failed[k]}") from out.failed[k]
+    splats = _padded(out, capacity, "decode fewer payloads at a time")
+    return splats if errors == "raise" else (splats, out.failed)
 
 
 def describe(payload: bytes | bytearray | memoryview) -> list[str]:
@@ -182,7 +251,83 @@ def _raw_len_bounds(im: ImageHeader) -> tuple[int, int]:
     return size, size
 
 
-def _decode_image(i: int, im: ImageHeader) -> Splats:
+# ---------------------------------------------------------------------------------- decoding
+# Every decoder entry point runs the same batched core: per payload, the container is parsed and
+# checked and each body decompressed; then the images of one coding mode and bit depths (a "part")
+# are decoded together, each step one numpy call over all their Gaussians. A failed check names
+# the image it found, and its payload is left out; the checks an image fails first, and their
+# messages, are those of docs/format.md §9.2, in its order.
+class _Image(NamedTuple):
+    """One image of one payload, its body decompressed."""
+
+    payload: int  # index of its payload in the call
+    index: int  # index of the image in its payload
+    header: ImageHeader
+    raw: bytes  # the decompressed body
+
+
+@dataclass
+class _Part:
+    """The decoded images of one coding mode and bit depths, their Gaussians end to end (the
+    values of images that failed a check are meaningless)."""
+
+    images: list[_Image]
+    means: np.ndarray  # [G, 2]
+    chol: np.ndarray  # [G, 3]
+    colors: np.ndarray  # [G, 3]
+    opacities: np.ndarray | None  # [G, 1], float modes with the OPACITY flag
+    errors: dict[tuple[int, int], str]  # (payload, image) → its first failed check
+
+
+@dataclass
+class _Decoded:
+    """Every image of the payloads that decoded, in order, their Gaussians end to end."""
+
+    means: np.ndarray  # [G, 2]
+    chol: np.ndarray  # [G, 3]
+    colors: np.ndarray  # [G, 3]
+    opacities: np.ndarray | None  # [G, 1] where any image has them (other images' rows unused)
+    has_opacity: np.ndarray  # [I] bool
+    counts: np.ndarray  # [I] int64
+    sizes: np.ndarray  # [I, 2] int64 (H, W)
+    failed: dict[int, CodecError]  # payload index → why it was left out
+
+
+def _decode_payloads(
+    payloads: Sequence[bytes | bytearray | memoryview],
+    capacity: int | None = None,
+    images_per_payload: int | None = None,
+) -> _Decoded:
+    failed: dict[int, CodecError] = {}
+    first_bad: dict[int, tuple[int, CodecError]] = {}  # payload → (image, error) of the first
+    groups: dict[tuple, list[_Image]] = {}  # (mode, flags, bits) → its images, in order
+    for p, payload in enumerate(payloads):
+        try:
+            images, _ = unpack(payload)
+            if images_per_payload is not None and len(images) != images_per_payload:
+                raise CodecError(f"holds {len(images)} images, expected {images_per_payload}")
+        except CodecError as exc:
+            failed[p] = exc
+            continue
+        for i, im in enumerate(images):
+            try:
+                if capacity is not None and im.n > capacity:
+                    raise CodecError(f"image {i}: {im.n} Gaussians exceed the capacity {capacity}")
+                raw = _decompressed(i, im)
+            except CodecError as exc:
+                first_bad[p] = (i, exc)  # no later image can be the first to fail
+                break
+            groups.setdefault((im.mode, im.flags, im.bits), []).append(_Image(p, i, im, raw))
+    parts = [_decode_group(key, images) for key, images in groups.items()]
+    for part in parts:
+        for (p, i), message in part.errors.items():
+            if p not in first_bad or i < first_bad[p][0]:
+                first_bad[p] = (i, CodecError(f"image {i}: {message}"))
+    failed.update({p: exc for p, (_, exc) in first_bad.items()})
+    return _assemble(parts, failed)
+
+
+def _decompressed(i: int, im: ImageHeader) -> bytes:
     lo, hi = _raw_len_bounds(im)
     if not lo <= im.raw_len <= hi:
         raise CodecError(
@@ -190,98 +335,273 @@ def _decode_image(i: int, im: ImageHeader) -> Splats:
             f"mode take {lo if lo == hi else f'{lo} to {hi}'}"
         )
     try:
-        raw = decompress(im.body, im.raw_len)
-        if im.mode == "quantised":
-            means, chol, colors = _dequantised(im, raw)
-            opacities = None
-        else:
-            means, chol, colors, opacities = _floats(im, raw)
+        return decompress(im.body, im.raw_len)
     except StreamError as exc:
         raise CodecError(f"image {i}: {exc}") from exc
-    _check_values(i, means, chol, colors, opacities)
-    return Splats(
-        torch.from_numpy(means)[None],
-        torch.from_numpy(chol)[None],
-        torch.from_numpy(colors)[None],
-        torch.tensor([im.n]),
-        torch.tensor([[im.height, im.width]]),
-        None if opacities is None else torch.from_numpy(opacities)[None],
-    )
 
 
-def _check_values(i: int, means, chol, colors, opacities) -> None:
-    """What :meth:`Splats.validate` checks, on numpy arrays (far cheaper per image)."""
+def _decode_group(key: tuple, images: list[_Image]) -> _Part:
+    """The images of one coding mode and bit depths, decoded in runs of about
+    :data:`_RUN_GAUSSIANS` Gaussians straight into one set of arrays."""
+    widths = [2, 3, 3] + ([1] if key[0] != "quantised" and key[1] & _FLAG_OPACITY else [])
+    arrays = [np.empty((sum(im.header.n for im in images), k), np.float32) for k in widths]
+    decode_run = _quantised_run if key[0] == "quantised" else _float_run
+    errors: dict[tuple[int, int], str] = {}
+    run: list[_Image] = []
+    lo = hi = 0
+    for k, im in enumerate(images):
+        run.append(im)
+        hi += im.header.n
+        if hi - lo >= _RUN_GAUSSIANS or k == len(images) - 1:
+            found = decode_run(run, *(a[lo:hi] for a in arrays))
+            errors.update({(run[b].payload, run[b].index): m for b, m in found.items()})
+            run, lo = [], hi
+    return _Part(images, *arrays[:3], arrays[3] if len(arrays) == 4 else None, errors)
+
+
+def _within(n: np.ndarray) -> np.ndarray:
+    """``[G]``: for images of ``n`` Gaussians end to end, each Gaussian's index in its image."""
+    return np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+
+
+def _quantised_run(
+    images: list[_Image], means: np.ndarray, chol: np.ndarray, colors: np.ndarray
+) -> dict[int, str]:
+    """Decode quantised images of one bit depth into ``means, chol, colors`` (``[G, 2|3|3]``);
+    returns each bad image's (by position) first failed check."""
+    pb, sb, ab, cb = images[0].header.bits
+    ws, wa, wc = _nbytes(sb), _nbytes(ab), _nbytes(cb)
+    per = 2 * ws + wa + 3 * wc  # byte-plane bytes per Gaussian
+    n = np.array([im.header.n for im in images], np.int64)
+    raws = [im.raw for im in images]
+    errors: dict[int, str] = {}
+
+    # 1. Each image's varint section (all but its n * per plane bytes) must hold exactly n varints
+    #    of 1 to 5 bytes, the last one ending it: then all sections are one varint stream. A bad
+    #    section is named as the one-image reader names it, and replaced by n zeros.
+    while True:
+        vlen = [len(r) - per * k for r, k in zip(raws, n.tolist(), strict=True)]  # n to 5n
+        vbuf = np.frombuffer(b"".join([r[:v] for r, v in zip(raws, vlen, strict=True)]), np.uint8)
+        is_end = vbuf < 0x80
+        ends = np.flatnonzero(is_end)
+        vend = np.cumsum(vlen)
+        held = np.searchsorted(ends, vend)  # varints ending in each section, and before it
+        held[1:] -= held[:-1].copy()
+        bad = held != n
+        if vbuf.size:  # (an empty stream: every n is 0)
+            bad |= (n > 0) & ~is_end[np.maximum(vend - 1, 0)]
+        lengths = ends - np.concatenate(([-1], ends[:-1]))
+        if not bad.any() and ends.size and lengths.max() > 5:
+            bad[np.repeat(np.arange(len(images)), n)[lengths > 5]] = True
+        if not bad.any():
+            break
+        for b in np.flatnonzero(bad).tolist():
+            errors[b] = _varint_error(images[b], vlen[b])
+            raws[b] = bytes(int(n[b]) * (1 + per))
+
+    first = np.cumsum(n) - n
+
+    def each(per_image: np.ndarray) -> np.ndarray:  # [I] → [G]: a value per image, per Gaussian
+        if len(n) == 1:  # one image: let numpy broadcast it
+            return per_image
+        return np.repeat(per_image, n, axis=0)  # (far faster than per_image[owner] on 2-D arrays)
+
+    # 2. Morton codes: each image's running sum of its deltas, below 2^(2P)
+    morton = np.cumsum(varint_values(vbuf, ends, lengths))
+    morton -= each(np.concatenate([[0], morton])[first])
+    if morton.size:
+        top = morton[np.maximum(first + n - 1, 0)]  # the largest code of each image
+        for b in np.flatnonzero((n > 0) & (top >= 1 << (2 * pb))).tolist():
+            errors.setdefault(b, f"a position code exceeds {2 * pb} bits")
+
+    # 3. Byte planes. Per image, rows of n bytes: scale planes x 2 channels, angle planes, colour
+    #    planes x 3 channels; gathered into rows [per, G] over all images.
+    pbuf = np.frombuffer(b"".join([r[v:] for r, v in zip(raws, vlen, strict=True)]), np.uint8)
+    if (n == n[0]).all():  # equal counts (the loader's case): a reshape, no index arithmetic
+        rows = pbuf.reshape(len(images), per, int(n[0])).transpose(1, 0, 2).reshape(per, -1)
+    else:  # row r of Gaussian j of image b at (first[b] * per) + r * n[b] + j
+        rows = pbuf[each(first * per) + _within(n) + np.arange(per)[:, None] * each(n)]
+
+    def codes(at: int, channels: int, width: int, bits: int) -> np.ndarray:  # [channels, G]
+        out = rows[at : at + channels]
+        if width == 2:
+            high = rows[at + channels : at + 2 * channels].astype(np.uint16) << 8
+            out = out.astype(np.uint16) | high
+        if bits < 8 * width and out.max(initial=0) >= 1 << bits:  # a code must fit its depth
+            owner = np.repeat(np.arange(len(n)), n)
+            for b in np.unique(owner[(out >= 1 << bits).any(0)]).tolist():
+                errors.setdefault(b, f"a code exceeds its {bits}-bit depth")
+        return out
+
+    scale = codes(0, 2, ws, sb)
+    angle = codes(2 * ws, 1, wa, ab)[0]
+    color = codes(2 * ws + wa, 3, wc, cb)
+
+    # 4. Dequantisation: quant.dequantise_numpy op for op (so bit for bit), one channel at a
+    #    time, with each image's ranges, steps and size repeated per Gaussian
+    ranges = np.array([im.header.ranges for im in images], np.float32)  # [I, 14]
+
+    def values(c: np.ndarray, lo: int, bits: int) -> list[np.ndarray]:  # ranges[:, lo:] field
+        k = len(c)
+        step = each((ranges[:, lo + k : lo + 2 * k] - ranges[:, lo : lo + k]).max(1) /
+                    np.float32(_levels(bits)))  # fmt: skip
+        return [each(ranges[:, lo + i]) + c[i].astype(np.float32) * step for i in range(k)]
+
+    # (a valid code is below 2^32: uint32 halves the bit twiddling's memory traffic)
+    np.stack(values(morton_decode(morton.astype(np.uint32)).T, 0, pb), -1, out=means)
+    major, minor = values(scale, 4, sb)
+    theta = angle.astype(np.float32) * np.float32(math.pi / (1 << ab))
+    hw = np.array([[im.header.width, im.header.height, im.header.height] for im in images])
+    np.divide(_from_shape_np(major, minor, theta), each(hw.astype(np.float32)), out=chol)
+    np.matmul(np.stack(values(color, 8, cb), -1), _COLOR_BASIS_NP, out=colors)
+    _check_values(n, errors, means, chol, colors, None)
+    return errors
+
+
+def _varint_error(im: _Image, vlen: int) -> str:
+    """What is wrong with one image's varint stream, as the one-image reader finds it."""
+    try:
+        deltas, used = varint_decode(im.raw, im.header.n)
+    except StreamError as exc:
+        return str(exc)
+    if int(np.sum(deltas)) >= 1 << (2 * im.header.bits[0]):
+        return f"a position code exceeds {2 * im.header.bits[0]} bits"
+    planes = len(im.raw) - vlen
+    return f"attribute streams are {len(im.raw) - used} bytes, expected {planes}"
+
+
+def _float_run(
+    images: list[_Image],
+    means: np.ndarray,
+    chol: np.ndarray,
+    colors: np.ndarray,
+    opacities: np.ndarray | None = None,
+) -> dict[int, str]:
+    """Decode float32 or float16 images into ``means, chol, colors[, opacities]``; returns each
+    bad image's (by position) first failed check."""
+    im0 = images[0].header
+    dtype = np.dtype(np.float32 if im0.mode == "float32" else np.float16)
+    planes = (9 if im0.flags & _FLAG_OPACITY else 8) * dtype.itemsize  # bytes per Gaussian
+    n = np.array([im.header.n for im in images], np.int64)
+    buf = np.frombuffer(b"".join([im.raw for im in images]), np.uint8)
+    if (n == n[0]).all():  # per image, byte plane p of Gaussian i at raw[p * n + i]
+        table = buf.reshape(len(images), planes, int(n[0])).transpose(0, 2, 1)
+    else:  # byte plane p of Gaussian i of image b at first[b] * planes + p * n[b] + i
+        at = np.repeat((np.cumsum(n) - n) * planes, n) + _within(n)
+        table = buf[at[:, None] + np.arange(planes) * np.repeat(n, n)[:, None]]
+    table = np.ascontiguousarray(table).reshape(-1, planes).view(dtype)  # [G, 8 or 9 fields]
+    for first, out in zip((0, 2, 5, 8), (means, chol, colors, opacities), strict=True):
+        if out is not None:
+            out[...] = table[:, first : first + out.shape[1]]  # (float16 to float32: exact)
+    errors: dict[int, str] = {}
+    _check_values(n, errors, means, chol, colors, opacities)
+    return errors
+
+
+def _check_values(n: np.ndarray, errors: dict[int, str], means, chol, colors, opacities) -> None:
+    """What :meth:`Splats.validate` checks, for the images of ``n`` Gaussians at once: adds each
+    image's first failure (unless it failed an earlier check) to ``errors``, naming the first bad
+    Gaussian."""
+
+    def flag(bad: np.ndarray, message: str) -> None:  # bad: [G] bool
+        if not bad.any():
+            return
+        g = np.flatnonzero(bad)
+        images, at = np.unique(np.repeat(np.arange(len(n)), n)[g], return_index=True)
+        first = np.cumsum(n) - n
+        for b, k in zip(images.tolist(), g[at].tolist(), strict=True):
+            errors.setdefault(b, message.format(int(k - first[b])))
+
     fields = {"means": means, "chol": chol, "colors": colors, "opacities": opacities}
     for name, v in fields.items():
         if v is not None and not np.isfinite(v).all():
-            j = int(np.flatnonzero(~np.isfinite(v).all(-1))[0])
-            raise CodecError(
-                f"image {i}: NaN or infinite values after decoding ({name}, Gaussian {j})"
+            flag(
+                ~np.isfinite(v).all(-1),
+                f"NaN or infinite values after decoding ({name}, Gaussian {{}})",
             )
-    bad = np.flatnonzero((chol[:, 0] <= 0) | (chol[:, 2] <= 0))
-    if bad.size:
-        raise CodecError(
-            f"image {i}: decoded splats are invalid: Gaussian {int(bad[0])} is not "
-            "positive-definite (l11 and l22 must be > 0)"
-        )
+    flag(
+        (chol[:, 0] <= 0) | (chol[:, 2] <= 0),
+        "decoded splats are invalid: Gaussian {} is not positive-definite (l11 and l22 must be > 0)",
+    )
     if opacities is not None:
-        bad = np.flatnonzero((opacities[:, 0] < 0) | (opacities[:, 0] > 1))
-        if bad.size:
-            raise CodecError(
-                f"image {i}: decoded splats are invalid: opacities of Gaussian {int(bad[0])} are "
-                "outside [0, 1]"
-            )
+        flag(
+            (opacities[:, 0] < 0) | (opacities[:, 0] > 1),
+            "decoded splats are invalid: opacities of Gaussian {} are outside [0, 1]",
+        )
 
 
-def _floats(im: ImageHeader, raw: bytes) -> tuple[np.ndarray, ...]:
-    width = 9 if im.flags & _FLAG_OPACITY else 8
-    dtype = np.float32 if im.mode == "float32" else np.float16
-    item = np.dtype(dtype).itemsize
-    if len(raw) != im.n * width * item:
-        raise StreamError(f"{len(raw)} bytes of {im.mode} data, expected {im.n * width * item}")
-    planes = np.frombuffer(raw, dtype=np.uint8).reshape(width * item, im.n)
-    table = np.ascontiguousarray(planes.T).view(dtype).reshape(im.n, width).astype(np.float32)
-    columns = (table[:, 0:2], table[:, 2:5], table[:, 5:8], table[:, 8:9] if width == 9 else None)
-    return tuple(None if c is None else np.ascontiguousarray(c) for c in columns)
+def _assemble(parts: list[_Part], failed: dict[int, CodecError]) -> _Decoded:
+    """The images of the payloads that did not fail, in payload and image order."""
+    order = sorted(
+        (im.payload, im.index, k, b)
+        for k, part in enumerate(parts)
+        for b, im in enumerate(part.images)
+        if im.payload not in failed
+    )
+    headers = [parts[k].images[b].header for _, _, k, b in order]
+    counts = np.array([h.n for h in headers], np.int64)
+    sizes = np.array([[h.height, h.width] for h in headers], np.int64).reshape(-1, 2)
+    has_op = np.array([parts[k].opacities is not None for _, _, k, _ in order], bool)
+    if len(parts) == 1 and len(order) == len(parts[0].images):  # all of one part: in order
+        p = parts[0]
+        return _Decoded(p.means, p.chol, p.colors, p.opacities, has_op, counts, sizes, failed)
+    firsts = [np.cumsum([0] + [im.header.n for im in part.images]).tolist() for part in parts]
+    spans: list[tuple[_Part, int, int]] = []  # (part, first, end): runs of Gaussians, in order
+    for _, _, k, b in order:
+        lo, hi = firsts[k][b], firsts[k][b + 1]
+        if spans and spans[-1][0] is parts[k] and spans[-1][2] == lo:
+            lo = spans.pop()[1]
+        spans.append((parts[k], lo, hi))
+
+    def gather(field: str) -> np.ndarray:
+        width = {"means": 2, "chol": 3, "colors": 3, "opacities": 1}[field]
+        pieces = [
+            np.zeros((hi - lo, 1), np.float32) if getattr(p, field) is None
+            else getattr(p, field)[lo:hi]
+            for p, lo, hi in spans
+        ]  # fmt: skip
+        return np.concatenate(pieces) if pieces else np.zeros((0, width), np.float32)
+
+    fields = [gather(f) for f in ("means", "chol", "colors")]
+    opacities = gather("opacities") if has_op.any() else None
+    return _Decoded(*fields, opacities, has_op, counts, sizes, failed)
 
 
-def _dequantised(im: ImageHeader, raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    spec = QuantSpec(*im.bits)
-    n = im.n
-    deltas, used = varint_decode(raw, n)
-    morton = np.cumsum(deltas)
-    if n and int(morton[-1]) >= 1 << (2 * spec.pos_bits):
-        raise StreamError(f"a position code exceeds {2 * spec.pos_bits} bits")
-    sizes = [2 * n * _nbytes(spec.scale_bits), n * _nbytes(spec.angle_bits)]
-    sizes.append(3 * n * _nbytes(spec.color_bits))
-    if len(raw) - used != sum(sizes):
-        raise StreamError(f"attribute streams are {len(raw) - used} bytes, expected {sum(sizes)}")
-    at = used
-    chunks = []
-    for size in sizes:
-        chunks.append(raw[at : at + size])
-        at += size
-    scale = _codes(chunks[0], 2 * n, spec.scale_bits).reshape(2, n).T
-    color = _codes(chunks[2], 3 * n, spec.color_bits).reshape(3, n).T
-    codes = {
-        "pos": morton_decode(morton),
-        "scale": scale,
-        "angle": _codes(chunks[1], n, spec.angle_bits),
-        "color": color,
-    }
-    return dequantise_numpy(codes, im.ranges, (im.height, im.width), spec)
-
-
-def _codes(chunk: bytes, count: int, bits: int) -> np.ndarray:
-    if bits <= 8:  # one byte per code: no plane reassembly
-        values = np.frombuffer(chunk, dtype=np.uint8)
-        if len(values) != count:
-            raise StreamError(f"byte-plane stream is {len(values)} bytes, expected {count}")
-    else:
-        values = planes_decode(chunk, count, 2)
-    if values.size and int(values.max()) >= 1 << bits:
-        raise StreamError(f"a code exceeds its {bits}-bit depth")
-    return values
+def _padded(out: _Decoded, capacity: int | None, hint: str) -> Splats:
+    """``Splats [I, capacity]`` from decoded images (padding as :meth:`Splats.compact` fills it)."""
+    b = len(out.counts)
+    cap = int(out.counts.max(initial=0)) if capacity is None else capacity
+    if b * cap > _MAX_PADDED_SLOTS:
+        raise CodecError(
+            f"padding {b} images to {b * cap} Gaussian slots exceeds {_MAX_PADDED_SLOTS}; {hint}"
+        )
+    with_op = b > 0 and bool(out.has_opacity.all())
+    colors = out.colors
+    if not with_op and out.has_opacity.any():  # fold opacities into colours, as Splats.cat
+        fold = np.repeat(out.has_opacity, out.counts)[:, None]
+        colors = np.where(fold, colors * out.opacities, colors)  # type: ignore[operator]
+    fields = [(out.means, 0.5), (out.chol, 1.0), (colors, 0.0)]
+    if with_op:
+        fields.append((out.opacities, 0.0))
+    if (out.counts == cap).all():  # every image full: a view, no copy
+        padded = [v.reshape(b, cap, v.shape[1]) for v, _ in fields]
+    else:  # an image at a time (slices copy far faster than a fancy-indexed scatter)
+        spans = np.stack([np.cumsum(out.counts) - out.counts, out.counts], 1).tolist()
+        padded = []
+        for v, fill in fields:
+            t = np.full((b, cap, v.shape[1]), fill, np.float32)
+            for i, (lo, c) in enumerate(spans):
+                t[i, :c] = v[lo : lo + c]
+            padded.append(t)
+    tensors = [torch.from_numpy(np.ascontiguousarray(t)) for t in padded]
+    return Splats(
+        tensors[0],
+        tensors[1],
+        tensors[2],
+        torch.from_numpy(out.counts),
+        torch.from_numpy(out.sizes),
+        tensors[3] if with_op else None,
+    )
 
 
 # ---------------------------------------------------------------------------------- .gsv files

@@ -63,7 +63,7 @@ def varint_decode(data: bytes | memoryview, count: int) -> tuple[np.ndarray, int
     if ends.size < count:
         raise StreamError(f"position stream holds {ends.size} complete varints, expected {count}")
     ends = ends[:count]
-    lengths = np.diff(ends, prepend=-1)
+    lengths = ends - np.concatenate(([-1], ends[:-1]))
     if lengths.max() > 5:
         raise StreamError("position stream holds a varint longer than 5 bytes")
     return varint_values(buf, ends, lengths), int(ends[-1]) + 1
@@ -79,13 +79,18 @@ def varint_values(buf: np.ndarray, ends: np.ndarray, lengths: np.ndarray) -> np.
     used = int(ends[-1]) + 1 if ends.size else 0
     if used == ends.size:  # every varint one byte long
         return buf[:used].astype(np.int64)
-    low = np.zeros(used + 4, dtype=np.int64)  # 7-bit groups, 4 spare bytes for the gathers
+    longest = int(lengths.max())
+    dtype = np.int32 if longest <= 4 else np.int64  # 28 bits fit int32: half the memory traffic
+    low = np.zeros(used + 4, dtype=dtype)  # the 7-bit groups, and 4 spare bytes for the gathers
     np.bitwise_and(buf[:used], 0x7F, out=low[:used], casting="unsafe")
     starts = ends - (lengths - 1)
     values = low[starts]
-    for k in range(1, int(lengths.max())):
-        values |= np.where(lengths > k, low[starts + k], 0) << (7 * k)
-    return values
+    for k in range(1, longest):  # byte k of every varint (0 where the varint is shorter)
+        more = low[starts + k]
+        more *= lengths > k
+        more <<= 7 * k
+        values |= more
+    return values.astype(np.int64, copy=False)
 
 
 def planes_encode(values: np.ndarray, nbytes: int) -> bytes:

@@ -11,22 +11,27 @@ shuffle, a per-sample map and ``batched`` with a collate function. Use them as o
 
 Splat shards hold ``key.gsv`` (a one-image codec payload), ``key.txt`` and ``key.json``. Samples
 lacking a payload or a caption are dropped silently, as open_clip drops image–text samples without
-one; a payload that does not decode raises :class:`~gsvision.codec.CodecError`, which the
-pipeline's ``handler`` (default :func:`webdataset.warn_and_continue`) turns into a warning.
+one. The per-sample stage only takes out the payload bytes and the caption; payloads are decoded a
+batch at a time in the collate step (:func:`~gsvision.codec.decode_batch`: one vectorised pass
+over the batch, each payload checked as :func:`~gsvision.codec.decode` checks it). A payload that
+does not decode becomes a :class:`~gsvision.codec.CodecError` naming the sample, handed to the
+pipeline's ``handler`` (default :func:`webdataset.warn_and_continue`: a warning); its sample is
+left out and the batch goes on without it, one sample short. A handler that raises stops the
+pipeline there; one that returns ``False`` (``warn_and_stop``) stops it after that batch.
 """
 
 from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
 import webdataset as wds
 from torch import Tensor
 
-from gsvision.codec import decode
+from gsvision.codec import CodecError, decode, decode_batch
 from gsvision.data.shards import expand_urls
 from gsvision.fit.prune import luminance_score
 from gsvision.splats import Splats
@@ -39,6 +44,7 @@ __all__ = [
     "collate_splats",
     "decode_rgb_sample",
     "decode_splat_sample",
+    "extract_splat_sample",
     "pad_splats",
     "rgb_pipeline",
     "splat_pipeline",
@@ -55,16 +61,19 @@ Handler = Callable[[Exception], bool]
 
 
 class SplatSample(NamedTuple):
-    """One decoded training sample."""
+    """One training sample: its splats, or its ``.gsv`` payload before :func:`collate_splats`
+    decodes it with the rest of its batch."""
 
-    splats: Splats  # one image
+    splats: Splats | bytes  # one image
     text: str
     key: str
 
 
 # ------------------------------------------------------------------------------------ samples
 def decode_splat_sample(sample: dict[str, Any]) -> SplatSample:
-    """A webdataset map stage: raw ``{"__key__", "gsv", "txt", ...}`` → :class:`SplatSample`.
+    """Raw ``{"__key__", "gsv", "txt", ...}`` → :class:`SplatSample`, decoded at once (a map
+    stage for pipelines of your own; the ones here use :func:`extract_splat_sample` and decode a
+    batch at a time, several times faster).
 
     Raises:
         CodecError: if the payload is malformed (a pipeline's ``handler``, e.g.
@@ -83,6 +92,21 @@ def decode_splat_sample(sample: dict[str, Any]) -> SplatSample:
     return SplatSample(splats, text, key)
 
 
+def extract_splat_sample(sample: dict[str, Any]) -> SplatSample:
+    """The pipeline's map stage: raw ``{"__key__", "gsv", "txt", ...}`` → :class:`SplatSample`
+    holding the payload bytes, undecoded (cheap; :func:`collate_splats` decodes the batch).
+
+    Raises:
+        ValueError: if a member is missing or the caption is not UTF-8.
+    """
+    key = str(sample.get("__key__", ""))
+    if SPLAT_EXT not in sample or "txt" not in sample:
+        raise ValueError(f"sample {key!r}: needs .{SPLAT_EXT} and .txt members")
+    text = sample["txt"]
+    text = text.decode("utf-8") if isinstance(text, (bytes, bytearray)) else str(text)
+    return SplatSample(bytes(sample[SPLAT_EXT]), text, key)
+
+
 def _has_splat_and_text(sample: dict[str, Any]) -> bool:
     return SPLAT_EXT in sample and "txt" in sample
 
@@ -94,42 +118,46 @@ def pad_splats(items: Sequence[Splats], n: int) -> Splats:
     with more keeps its ``n`` most important Gaussians by the ``"footprint"`` score of
     :func:`~gsvision.fit.prune.luminance_score` (luminance × relative area), in their stored order.
     Opacities are kept if every image has them, else folded into the colours (as
-    :meth:`Splats.cat`). Each item may hold one or more images.
+    :meth:`Splats.cat`). Each item may hold one or more images; each is copied a whole item at a
+    time, and only the images above ``n`` are scored and trimmed.
     """
     if n < 1:
         raise ValueError(f"pad_splats: n must be >= 1, got {n}")
     if not items:
         raise ValueError("pad_splats: need at least one item")
     with_op = all(s.opacities is not None for s in items)
-    parts = [s if with_op else s.fold_opacity() for s in items]
+    parts = [(s if with_op else s.fold_opacity()).to("cpu") for s in items]
     total = sum(s.batch_size for s in parts)
     dtype = parts[0].dtype
-    means = torch.full((total, n, 2), 0.5, dtype=dtype)
-    chol = torch.full((total, n, 3), 1.0, dtype=dtype)
-    colors = torch.zeros((total, n, 3), dtype=dtype)
-    opacities = torch.zeros((total, n, 1), dtype=dtype) if with_op else None
+    fills = {"means": 0.5, "chol": 1.0, "colors": 0.0, "opacities": 0.0}  # as Splats.compact
+    width = {"means": 2, "chol": 3, "colors": 3, "opacities": 1}
+    out = {
+        name: torch.empty((total, n, width[name]), dtype=dtype)
+        for name in (fills if with_op else list(fills)[:3])
+    }  # fields [total, n, k]
     counts = torch.empty(total, dtype=torch.int64)
     sizes = torch.empty((total, 2), dtype=torch.int64)
     i = 0
     for s in parts:
-        s = s.to("cpu")
-        for b in range(s.batch_size):
-            c = int(s.counts[b])
-            if c > n:
-                score = luminance_score(s[b], "footprint")[0, :c]
-                idx = torch.topk(score, n).indices.sort().values
-            else:
-                idx = slice(0, c)
-            k = min(c, n)
-            means[i, :k] = s.means[b, idx]
-            chol[i, :k] = s.chol[b, idx]
-            colors[i, :k] = s.colors[b, idx]
-            if opacities is not None:
-                opacities[i, :k] = s.opacities[b, idx]  # type: ignore[index]
-            counts[i] = k
-            sizes[i] = s.image_sizes[b]
-            i += 1
-    return Splats(means, chol, colors, counts, sizes, opacities)
+        b, k = s.batch_size, min(s.capacity, n)
+        fields = s.fields()
+        for name, t in out.items():
+            t[i : i + b, :k] = fields[name][:, :k]
+        counts[i : i + b] = s.counts.clamp(max=n)
+        sizes[i : i + b] = s.image_sizes
+        big = torch.nonzero(s.counts > n).flatten()
+        if big.numel():  # keep the n most important Gaussians, in stored order
+            score = luminance_score(s[big], "footprint")  # padded slots score -inf
+            idx = torch.topk(score, n, dim=1).indices.sort(dim=1).values  # [R, n]
+            for name, t in out.items():
+                v = fields[name][big]
+                t[i + big] = torch.gather(v, 1, idx[..., None].expand(-1, -1, v.shape[2]))
+        i += b
+    pad = torch.arange(n)[None, :] >= counts[:, None]  # [total, n]: slots past each count
+    if pad.any():
+        for name, t in out.items():
+            t.masked_fill_(pad[..., None], fills[name])
+    return Splats(out["means"], out["chol"], out["colors"], counts, sizes, out.get("opacities"))
 
 
 def collate_splats(
@@ -137,18 +165,94 @@ def collate_splats(
     n: int,
     tokenizer: Tokenizer | None = None,
     with_keys: bool = False,
+    on_error: Callable[[CodecError], Any] | None = None,
 ) -> tuple:
-    """``[(splats, text, key), ...]`` → ``(Splats [B, n], texts)`` (``+ (keys,)`` if asked).
+    """``[(splats or payload, text, key), ...]`` → ``(Splats [B, n], texts)`` (``+ (keys,)``).
 
-    ``texts`` is the caption list, or ``tokenizer(captions)`` when a tokenizer is given (any
-    callable; open_clip's returns a ``[B, context_length]`` LongTensor).
+    Items hold decoded :class:`Splats` (padded and trimmed by :func:`pad_splats`) or, as the
+    pipeline's do, ``.gsv`` payloads: those are decoded together by
+    :func:`~gsvision.codec.decode_batch`, then brought to ``n`` slots the same way. ``texts`` is
+    the caption list, or ``tokenizer(captions)`` when a tokenizer is given (any callable;
+    open_clip's returns a ``[B, context_length]`` LongTensor).
+
+    Args:
+        on_error: called with a :class:`~gsvision.codec.CodecError` naming the sample for each
+            payload that does not decode (or holds other than one image); that sample is left
+            out of the batch. ``None``: the first such payload raises it.
     """
-    splats = pad_splats([item[0] for item in batch], n)
-    captions = [item[1] for item in batch]
+    splats, kept = _decoded(batch, n, on_error)
+    return _collate(splats, kept, tokenizer, with_keys)
+
+
+def _decoded(
+    batch: Sequence[SplatSample | tuple], n: int, on_error: Callable[[CodecError], Any] | None
+) -> tuple[Splats, list]:
+    """``(Splats [B', n], the B' items kept)``: payload items decoded as one batch."""
+    if all(isinstance(item[0], Splats) for item in batch):
+        return pad_splats([item[0] for item in batch], n), list(batch)
+    if any(isinstance(item[0], Splats) for item in batch):
+        raise TypeError("collate_splats: a batch holds both decoded splats and payloads")
+    payloads = [item[0] for item in batch]
+    try:
+        splats, skipped = decode_batch(payloads, errors="skip", images_per_payload=1)
+    except CodecError:  # padding every image to the largest count is too big: an image far above
+        # n. Decode them one by one instead, trimming each (no padded batch of the largest size).
+        splats, skipped = _decoded_one_by_one(payloads, n)
+    for i, exc in skipped.items():
+        error = CodecError(f"sample {batch[i][2]!r}: {exc}")
+        if on_error is None:
+            raise error from exc
+        on_error(error)
+    kept = [item for i, item in enumerate(batch) if i not in skipped]
+    return (splats if splats.capacity == n else pad_splats([splats], n)), kept
+
+
+def _decoded_one_by_one(payloads: list, n: int) -> tuple[Splats, dict[int, CodecError]]:
+    items, skipped = [], {}
+    for i, payload in enumerate(payloads):
+        one, bad = decode_batch([payload], errors="skip", images_per_payload=1)
+        if bad:
+            skipped[i] = bad[0]
+        else:
+            items.append(pad_splats([one], n))
+    if not items:
+        items = [decode_batch([])]  # an empty batch
+    return pad_splats(items, n), skipped
+
+
+def _collate(splats: Splats, kept: list, tokenizer: Tokenizer | None, with_keys: bool) -> tuple:
+    captions = [item[1] for item in kept]
     text = tokenizer(captions) if tokenizer is not None else captions
     if with_keys:
-        return splats, text, [item[2] for item in batch]
+        return splats, text, [item[2] for item in kept]
     return splats, text
+
+
+def _collated(
+    batches: Iterable[list],
+    n: int,
+    tokenizer: Tokenizer | None,
+    with_keys: bool,
+    handler: Handler,
+) -> Iterator[tuple]:
+    """Pipeline stage: lists of samples → collated batches, decoding each list's payloads at once.
+
+    Each payload that does not decode goes to ``handler`` (webdataset's contract: raise, or
+    return True to go on, False to stop); its sample is left out, and a batch left empty is not
+    yielded. After a handler returned False the pipeline ends with the current batch.
+    """
+    for batch in batches:
+        go_on = True
+
+        def report(exc: CodecError) -> None:
+            nonlocal go_on
+            go_on = bool(handler(exc)) and go_on
+
+        splats, kept = _decoded(batch, n, report)
+        if kept:
+            yield _collate(splats, kept, tokenizer, with_keys)
+        if not go_on:
+            return
 
 
 # ------------------------------------------------------------------------------------ pipelines
@@ -195,8 +299,8 @@ class SplatDataset(wds.DataPipeline):
         tokenizer: callable on the caption list (e.g. ``open_clip.get_tokenizer(...)``); ``None``
             yields the captions.
         handler: webdataset error handler for unreadable shards and undecodable samples
-            (``wds.warn_and_continue`` skips them with a warning; ``wds.reraise_exception``
-            stops).
+            (``wds.warn_and_continue`` skips them with a warning, the batch goes on a sample
+            short; ``wds.reraise_exception`` stops).
         resampled: draw shards with replacement forever (use ``.with_epoch(k)`` to set an epoch).
         split_by_node: give each distributed rank its share of the shards.
         split_by_worker: give each DataLoader worker its share of the shards.
@@ -225,13 +329,10 @@ class SplatDataset(wds.DataPipeline):
         stages = _source(urls, resampled, shuffle, seed, split_by_node, split_by_worker, handler)
         stages += [
             wds.select(_has_splat_and_text),
-            wds.map(decode_splat_sample, handler=handler),
-            wds.batched(
-                batch_size,
-                collation_fn=functools.partial(
-                    collate_splats, n=n, tokenizer=tokenizer, with_keys=with_keys
-                ),
-                partial=partial,
+            wds.map(extract_splat_sample, handler=handler),
+            wds.batched(batch_size, collation_fn=None, partial=partial),
+            functools.partial(
+                _collated, n=n, tokenizer=tokenizer, with_keys=with_keys, handler=handler
             ),
         ]
         super().__init__(*stages)
