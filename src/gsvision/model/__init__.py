@@ -1,17 +1,48 @@
-"""The image tower that reads splats: stem (Gaussians → tokens) and resampler (tokens → latents).
+"""GS-CLIP: the image tower that reads splats, on a frozen open_clip ViT.
 
-Later parts (``gsclip.py``, ``factory.py``) feed the latents through a frozen open_clip ViT.
+``stem`` (Gaussians → tokens), ``resampler`` (tokens → K latents), ``gsclip`` (the towers put
+together, what trains), ``factory`` (``create_model``, checkpoints).
 """
 
+from gsvision.model.factory import (
+    create_model,
+    create_model_and_transforms,
+    get_tokenizer,
+    list_models,
+    load_model,
+    read_model_cfg,
+    save_model,
+)
+from gsvision.model.gsclip import (
+    GSCLIP,
+    TRAINABLE_PRESETS,
+    GSCLIPCfg,
+    SplatVisionTower,
+    TrainableCfg,
+    trainable_cfg,
+)
 from gsvision.model.resampler import PerceiverResampler, ResamplerBlock, ResamplerCfg
 from gsvision.model.stem import SplatStem, SplatStemCfg, fourier_features, gaussian_shape
 
 __all__ = [
+    "GSCLIP",
+    "GSCLIPCfg",
     "PerceiverResampler",
     "ResamplerBlock",
     "ResamplerCfg",
     "SplatStem",
     "SplatStemCfg",
+    "SplatVisionTower",
+    "TRAINABLE_PRESETS",
+    "TrainableCfg",
+    "create_model",
+    "create_model_and_transforms",
     "fourier_features",
     "gaussian_shape",
+    "get_tokenizer",
+    "list_models",
+    "load_model",
+    "read_model_cfg",
+    "save_model",
+    "trainable_cfg",
 ]
