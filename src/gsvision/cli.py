@@ -615,6 +615,11 @@ COMMANDS: dict[str, Command] = {
         _lazy("gsvision.cli_convert", "add_arguments"),
         _lazy("gsvision.cli_convert", "run"),
     ),
+    "train": Command(
+        "train GS-CLIP (stages rgb, distill, contrastive; torchrun-aware)",
+        _lazy("gsvision.train.main", "add_arguments"),
+        _lazy("gsvision.train.main", "run"),
+    ),
     "bench": Command("run a benchmark from gsvision.bench", _bench_args, _run_bench),
 }
 

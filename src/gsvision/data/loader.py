@@ -111,6 +111,17 @@ def _has_splat_and_text(sample: dict[str, Any]) -> bool:
     return SPLAT_EXT in sample and "txt" in sample
 
 
+def _has_splat_text_and_image(sample: dict[str, Any]) -> bool:
+    return _has_splat_and_text(sample) and any(e in sample for e in _IMAGE_EXTS)
+
+
+def _extract_with_image(sample: dict[str, Any], preprocess: Callable) -> tuple:
+    """``(payload, caption, key, preprocess(image))`` for distillation batches."""
+    item = extract_splat_sample(sample)
+    image, _, _ = decode_rgb_sample(sample, preprocess)
+    return (*item, image)
+
+
 def pad_splats(items: Sequence[Splats], n: int) -> Splats:
     """One batch with exactly ``n`` Gaussian slots per image.
 
@@ -223,9 +234,12 @@ def _decoded_one_by_one(payloads: list, n: int) -> tuple[Splats, dict[int, Codec
 def _collate(splats: Splats, kept: list, tokenizer: Tokenizer | None, with_keys: bool) -> tuple:
     captions = [item[1] for item in kept]
     text = tokenizer(captions) if tokenizer is not None else captions
+    out: tuple = (splats, text)
+    if kept and len(kept[0]) > 3:  # items carrying a preprocessed image
+        out += (torch.stack([item[3] for item in kept]),)
     if with_keys:
-        return splats, text, [item[2] for item in kept]
-    return splats, text
+        out += ([item[2] for item in kept],)
+    return out
 
 
 def _collated(
@@ -264,8 +278,13 @@ def _source(
     split_by_node: bool,
     split_by_worker: bool,
     handler: Handler,
+    epoch: int = 0,
 ) -> list:
-    """The stages from shard URLs to raw samples (open_clip's layout)."""
+    """The stages from shard URLs to raw samples (open_clip's layout).
+
+    Shuffles are deterministic from ``seed + epoch`` (a pipeline built for epoch ``e`` yields the
+    same order every time: exact resume rebuilds it and skips what was consumed).
+    """
     shards = expand_urls(urls)
     if resampled:
         # Each worker draws its own shards with replacement (seeded per worker), as open_clip.
@@ -274,14 +293,18 @@ def _source(
         stages = [wds.SimpleShardList(shards)]
         if shuffle > 0:
             # Same order on every node and worker (seed + epoch), before the splits.
-            stages.append(wds.detshuffle(_SHARD_SHUFFLE, min(500, _SHARD_SHUFFLE), seed=seed))
+            stages.append(
+                wds.detshuffle(_SHARD_SHUFFLE, min(500, _SHARD_SHUFFLE), seed=seed, epoch=epoch - 1)
+            )
         if split_by_node:
             stages.append(wds.split_by_node)
         if split_by_worker:
             stages.append(wds.split_by_worker)
     stages.append(wds.tarfile_to_samples(handler=handler))
     if shuffle > 0:
-        stages.append(wds.shuffle(shuffle, initial=min(shuffle, 1000)))
+        stages.append(
+            wds.detshuffle(shuffle, min(shuffle, 1000), seed=seed + 7919, epoch=epoch - 1)
+        )
     return stages
 
 
@@ -306,6 +329,10 @@ class SplatDataset(wds.DataPipeline):
         split_by_worker: give each DataLoader worker its share of the shards.
         partial: yield the last, smaller batch.
         with_keys: batches are ``(splats, texts, keys)``.
+        image_preprocess: also read each sample's image (shards converted with ``--keep-image``)
+            through this transform: batches are ``(splats, texts, images[, keys])``, and samples
+            without an image are dropped (for distillation from an RGB tower).
+        epoch: the epoch whose (deterministic) shuffle order to yield.
     """
 
     def __init__(
@@ -323,13 +350,22 @@ class SplatDataset(wds.DataPipeline):
         split_by_worker: bool = True,
         partial: bool = True,
         with_keys: bool = False,
+        image_preprocess: Callable | None = None,
+        epoch: int = 0,
     ) -> None:
         if n < 1 or batch_size < 1:
             raise ValueError(f"n and batch_size must be >= 1, got {n} and {batch_size}")
-        stages = _source(urls, resampled, shuffle, seed, split_by_node, split_by_worker, handler)
+        stages = _source(
+            urls, resampled, shuffle, seed, split_by_node, split_by_worker, handler, epoch
+        )
+        if image_preprocess is None:
+            extract, has = extract_splat_sample, _has_splat_and_text
+        else:
+            extract = functools.partial(_extract_with_image, preprocess=image_preprocess)
+            has = _has_splat_text_and_image
         stages += [
-            wds.select(_has_splat_and_text),
-            wds.map(extract_splat_sample, handler=handler),
+            wds.select(has),
+            wds.map(extract, handler=handler),
             wds.batched(batch_size, collation_fn=None, partial=partial),
             functools.partial(
                 _collated, n=n, tokenizer=tokenizer, with_keys=with_keys, handler=handler
@@ -390,6 +426,7 @@ def rgb_pipeline(
     split_by_worker: bool = True,
     partial: bool = True,
     with_keys: bool = False,
+    epoch: int = 0,
 ) -> wds.DataPipeline:
     """The baseline: image–text shards → ``(images [B, 3, S, S] float, texts)``, as open_clip.
 
@@ -401,7 +438,7 @@ def rgb_pipeline(
         import open_clip
 
         preprocess = open_clip.image_transform(image_size, is_train=False)
-    stages = _source(urls, resampled, shuffle, seed, split_by_node, split_by_worker, handler)
+    stages = _source(urls, resampled, shuffle, seed, split_by_node, split_by_worker, handler, epoch)
     stages += [
         wds.select(_has_image_and_text),
         wds.map(functools.partial(decode_rgb_sample, preprocess=preprocess), handler=handler),

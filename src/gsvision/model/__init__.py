@@ -11,6 +11,7 @@ from gsvision.model.factory import (
     list_models,
     load_model,
     read_model_cfg,
+    rgb_transform,
     save_model,
 )
 from gsvision.model.gsclip import (
@@ -43,6 +44,7 @@ __all__ = [
     "list_models",
     "load_model",
     "read_model_cfg",
+    "rgb_transform",
     "save_model",
     "trainable_cfg",
 ]

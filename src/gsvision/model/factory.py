@@ -27,6 +27,7 @@ __all__ = [
     "list_models",
     "load_model",
     "read_model_cfg",
+    "rgb_transform",
     "save_model",
 ]
 
@@ -137,12 +138,16 @@ def create_model(
 def create_model_and_transforms(model_name: str = "ViT-B-16", pretrained: str | None = None, **kw):
     """``(model, preprocess_train, preprocess_val)`` as open_clip's; the transforms are the RGB
     tower's (images → tensors); splats need none beyond :func:`gsvision.fit` and the loader."""
-    oc = _open_clip()
     model = create_model(model_name, pretrained, **kw)
-    pp = oc.get_model_preprocess_cfg(model.clip)
-    pre_train = oc.image_transform_v2(oc.PreprocessCfg(**pp), is_train=True)
-    pre_val = oc.image_transform_v2(oc.PreprocessCfg(**pp), is_train=False)
-    return model, pre_train, pre_val
+    return model, rgb_transform(model.clip, is_train=True), rgb_transform(model.clip, False)
+
+
+def rgb_transform(clip: torch.nn.Module, is_train: bool = False):
+    """open_clip's image transform for a CLIP (its own size, mean and std)."""
+    oc = _open_clip()
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    return image_transform_v2(PreprocessCfg(**oc.get_model_preprocess_cfg(clip)), is_train)
 
 
 def _cfg_json(cfg: GSCLIPCfg) -> str:

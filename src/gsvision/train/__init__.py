@@ -1,0 +1,1 @@
+"""Training programs: contrastive and distillation training (``main``), zero-shot evaluation."""
