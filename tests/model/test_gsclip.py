@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_stem_resampler import random_splats
 
 from gsvision.model import (
     TRAINABLE_PRESETS,
@@ -13,7 +14,6 @@ from gsvision.model import (
     read_model_cfg,
     save_model,
 )
-from test_stem_resampler import random_splats
 
 TINY = "GS-ViT-Tiny-8-64"
 SMALL = dict(num_latents=8, resampler={"layers": 1, "head_width": 32})
@@ -126,8 +126,23 @@ def test_bad_configs_are_refused():
         tiny("everything")
     with pytest.raises(ValueError, match="out of range"):
         tiny(TrainableCfg(splat_blocks=(7,)))
-    m = tiny("stem")
-    with pytest.raises(ValueError, match="no splat-tower copy"):
-        m.apply_trainable(TRAINABLE_PRESETS["paper"])
     with pytest.raises(ValueError, match="unknown fields"):
         tiny(resampler={"layerz": 2})
+
+
+def test_changing_presets_copies_parts_without_changing_the_output(tmp_path):
+    m = tiny("stem")
+    s = random_splats([10, 3], 10)
+    before = m.encode_splats(s).detach()
+    m.apply_trainable(TRAINABLE_PRESETS["paper"])  # distill → contrastive
+    assert set(m.splat.blocks.keys()) == {"0", "1"} and m.splat.proj.requires_grad
+    torch.testing.assert_close(m.encode_splats(s), before)  # same weights (matmul order may differ)
+    with torch.no_grad():
+        m.splat.blocks["0"].ln_1.weight.add_(0.5)  # trained
+    trained = m.encode_splats(s).detach()
+    m.apply_trainable(TRAINABLE_PRESETS["stem"])  # the trained copy stays, frozen
+    assert "0" in m.splat.blocks and not m.splat.blocks["0"].ln_1.weight.requires_grad
+    save_model(m, tmp_path / "m.safetensors")
+    m2 = create_model(str(tmp_path / "m.safetensors"))
+    torch.testing.assert_close(m2.encode_splats(s), trained)
+    assert trainable_names(m2) == trainable_names(m)

@@ -80,7 +80,7 @@ def create_model(
     num_latents: int | None = None,
     stem: SplatStemCfg | dict | None = None,
     resampler: ResamplerCfg | dict | None = None,
-    trainable: str | TrainableCfg = "stem",
+    trainable: str | TrainableCfg | None = None,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     cache_dir: str | None = None,
@@ -96,13 +96,15 @@ def create_model(
         num_latents: K (shortcut for ``resampler={"num_latents": K}``); default 98.
         stem, resampler: :class:`SplatStemCfg` / :class:`ResamplerCfg` or dicts of their fields;
             widths always follow the backbone.
-        trainable: a preset (``stem``, ``paper``, ``paper-text``) or a :class:`TrainableCfg`.
+        trainable: a preset (``stem``, ``paper``, ``paper-text``) or a :class:`TrainableCfg`;
+            None: ``stem`` for a new model, as saved for a checkpoint.
         device, precision, cache_dir, clip_kwargs: passed to ``open_clip.create_model``.
     """
     if model_name.endswith(".safetensors") and Path(model_name).is_file():
         model = load_model(model_name, device=device)
-        if trainable != "stem":
+        if trainable is not None:
             model.apply_trainable(trainable_cfg(trainable))
+            model.to(device)
         return model
     res = _cfg_dataclass(ResamplerCfg, resampler)
     if num_latents is not None:
@@ -111,7 +113,7 @@ def create_model(
         model_name=model_name,
         stem=_cfg_dataclass(SplatStemCfg, stem),
         resampler=res,
-        trainable=trainable_cfg(trainable),
+        trainable=trainable_cfg(trainable or "stem"),
         clip_kwargs=dict(clip_kwargs),
     )
     clip = _open_clip().create_model(
@@ -183,6 +185,7 @@ def read_model_cfg(path: str | Path) -> GSCLIPCfg:
         resampler=_cfg_dataclass(ResamplerCfg, d["resampler"]),
         trainable=_cfg_dataclass(TrainableCfg, d["trainable"]),
         clip_kwargs=d.get("clip_kwargs", {}),
+        copied=_cfg_dataclass(TrainableCfg, d.get("copied")),
     )
 
 

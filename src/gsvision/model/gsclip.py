@@ -194,6 +194,9 @@ class GSCLIPCfg:
     resampler: ResamplerCfg = field(default_factory=ResamplerCfg)
     trainable: TrainableCfg = field(default_factory=TrainableCfg)
     clip_kwargs: dict = field(default_factory=dict)  # extra open_clip.create_model arguments
+    copied: TrainableCfg = field(default_factory=TrainableCfg)  # parts the splat tower holds
+    # copies of (a superset of what trains: a stage that trained them may have been followed by
+    # one that freezes them again)
 
 
 class GSCLIP(nn.Module):
@@ -216,38 +219,44 @@ class GSCLIP(nn.Module):
         )
         self.cfg = cfg
         self.clip = clip
-        t = cfg.trainable
+        t, c = cfg.trainable, cfg.copied
         n_vis = len(visual.transformer.resblocks)
         self.splat = SplatVisionTower(
             visual,
             cfg.stem,
             cfg.resampler,
-            copy_blocks=_indices(t.splat_blocks, n_vis, "splat_blocks"),
-            copy_ln_post=t.ln_post,
-            copy_proj=t.proj,
+            copy_blocks=_indices(t.splat_blocks + c.splat_blocks, n_vis, "splat_blocks"),
+            copy_ln_post=t.ln_post or c.ln_post,
+            copy_proj=t.proj or c.proj,
         )
         self.apply_trainable(t)
 
     # --- what trains --------------------------------------------------------------------------
     def apply_trainable(self, t: TrainableCfg) -> None:
-        """Freeze everything, then unfreeze what ``t`` names (splat-tower copies must exist)."""
+        """Freeze everything, then unfreeze what ``t`` names.
+
+        A ViT part that is to train and has no splat-tower copy yet is copied now from the RGB
+        tower (what the splat tower ran until then, so its output does not change); copies that
+        no longer train are kept, frozen.
+        """
+        s = self.splat
+        visual = s.visual
+        blocks = _indices(t.splat_blocks, len(visual.transformer.resblocks), "splat_blocks")
+        for i in sorted(blocks - {int(k) for k in s.blocks.keys()}):
+            s.blocks[str(i)] = copy.deepcopy(visual.transformer.resblocks[i])
+        if t.ln_post and s.ln_post is None:
+            s.ln_post = copy.deepcopy(visual.ln_post)
+        if t.proj and s.proj is None and visual.proj is not None:
+            s.proj = nn.Parameter(visual.proj.detach().clone())
         for p in self.parameters():
             p.requires_grad_(False)
-        s = self.splat
-        missing = set(str(i % len(s.visual.transformer.resblocks)) for i in t.splat_blocks)
-        missing -= set(s.blocks.keys())
-        if missing or (t.ln_post and s.ln_post is None) or (t.proj and s.proj is None):
-            raise ValueError(
-                "this model has no splat-tower copy of a part the trainable config names; "
-                "build it with that config (create_model(..., trainable=...))"
-            )
         if t.splat_stem:
             for m in (s.stem, s.resampler):
                 m.requires_grad_(True)
             s.class_embedding.requires_grad_(True)
             s.positional_embedding.requires_grad_(True)
-        for b in s.blocks.values():
-            b.requires_grad_(True)
+        for i in blocks:
+            s.blocks[str(i)].requires_grad_(True)
         if s.ln_post is not None:
             s.ln_post.requires_grad_(t.ln_post)
         if s.proj is not None:
@@ -262,7 +271,13 @@ class GSCLIP(nn.Module):
             elif self.clip.text_projection is not None:
                 self.clip.text_projection.requires_grad_(True)
         self.clip.logit_scale.requires_grad_(t.logit_scale)
-        self.cfg = replace(self.cfg, trainable=t)
+        copied = TrainableCfg(
+            splat_stem=False,
+            splat_blocks=tuple(sorted(int(k) for k in s.blocks.keys())),
+            ln_post=s.ln_post is not None,
+            proj=s.proj is not None,
+        )
+        self.cfg = replace(self.cfg, trainable=t, copied=copied)
 
     def _text_parameters(self) -> list[nn.Parameter]:
         clip = self.clip
