@@ -248,7 +248,10 @@ def test_module_entry_point_runs():
 
 def test_demo_writes_every_picture_and_table(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "-o", str(out), "-n", "8", "--iters", "3", "--size", "24", "-q"]) == 0
+    assert (
+        main(["demo", "--photos", "-o", str(out), "-n", "8", "--iters", "3", "--size", "24", "-q"])
+        == 0
+    )
     names = [p.stem for p in sample_images()]
     for name in names:
         for suffix in ("_render.png", "_ellipses.png", "_comparison.png", ".gsv"):

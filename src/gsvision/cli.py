@@ -100,7 +100,9 @@ def _out_dir(path: str) -> Path:
     return out
 
 
-def _add_fit_arguments(p: argparse.ArgumentParser, n: int, iters: int, size: str) -> None:
+def _add_fit_arguments(
+    p: argparse.ArgumentParser, n: int | None, iters: int | None, size: str | None
+) -> None:
     p.add_argument(
         "-n",
         "--n-gaussians",
@@ -139,7 +141,7 @@ def _add_fit_arguments(p: argparse.ArgumentParser, n: int, iters: int, size: str
         "--size",
         metavar="S|WxH",
         type=_parse_fit_size,
-        default=_parse_fit_size(size),
+        default=None if size is None else _parse_fit_size(size),
         help="S (shorter side S, centre-cropped to SxS), WxH (exact) or 'native' "
         "(default: %(default)s)",
     )
@@ -501,10 +503,54 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 # ==================================================================================== demo
+_PHOTO_DEMO = {"n_gaussians": 1024, "iters": 400, "size": "224"}  # `demo --photos` defaults
+
+
 def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "The GS-CLIP demo (default): synthetic captioned shapes → splat shards → a small RGB CLIP "
+        "→ the splat tower on its frozen backbone → zero-shot accuracy of both → report.html. "
+        "With --photos: only fit the shipped photos and write pictures."
+    )
     p.add_argument("-o", "--output", default="demo-out", metavar="OUTDIR", help="output folder")
-    _add_fit_arguments(p, n=1024, iters=400, size="224")
+    p.add_argument("--photos", action="store_true", help="only fit the shipped photos (quick)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (a minute; for tests)")
+    p.add_argument("--train-pairs", type=_positive_int, default=None, help="synthetic train pairs")
+    p.add_argument("--test-pairs", type=_positive_int, default=None, help="held-out pairs")
+    p.add_argument("--model", default=None, help="backbone (default GS-ViT-Tiny-8-64)")
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        help="open_clip weights (tag or file) for the backbone; skips the RGB stage",
+    )
+    _add_fit_arguments(p, n=None, iters=None, size=None)
     p.add_argument("--scale", type=_positive_int, default=3, help="upscaling of ellipse overlays")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    if args.photos:
+        for name, value in _PHOTO_DEMO.items():
+            if getattr(args, name) is None:
+                setattr(args, name, _parse_fit_size(value) if name == "size" else value)
+        return _run_photo_demo(args)
+    from gsvision.train.demo import DemoConfig, run_demo
+
+    d = DemoConfig()
+    size = args.size if isinstance(args.size, int) else d.image_size
+    cfg = DemoConfig(
+        out=args.output,
+        n_train=args.train_pairs or d.n_train,
+        n_test=args.test_pairs or d.n_test,
+        image_size=size,
+        n_gaussians=args.n_gaussians or d.n_gaussians,
+        fit_iters=args.iters or d.fit_iters,
+        level=args.level,
+        model=args.model or d.model,
+        pretrained=args.pretrained,
+        quick=args.quick,
+    )
+    run_demo(cfg)
+    return 0
 
 
 def _markdown_table(rows: list[list[str]]) -> str:
@@ -513,7 +559,7 @@ def _markdown_table(rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run_demo(args: argparse.Namespace) -> int:
+def _run_photo_demo(args: argparse.Namespace) -> int:
     import torch
 
     from gsvision.io import sample_images, save_image
@@ -609,7 +655,11 @@ COMMANDS: dict[str, Command] = {
     "fit": Command("fit images with Gaussians; write one splat file each", _fit_args, _run_fit),
     "render": Command("render a splat file to an image", _render_args, _run_render),
     "info": Command("describe splat files, or the rasteriser backends", _info_args, _run_info),
-    "demo": Command("fit the shipped sample images and write pictures", _demo_args, _run_demo),
+    "demo": Command(
+        "the GS-CLIP demo end to end on built-in data (--photos: fit the sample photos)",
+        _demo_args,
+        _run_demo,
+    ),
     "convert": Command(
         "convert image-text shards to splat shards (torchrun-aware)",
         _lazy("gsvision.cli_convert", "add_arguments"),
@@ -619,6 +669,11 @@ COMMANDS: dict[str, Command] = {
         "train GS-CLIP (stages rgb, distill, contrastive; torchrun-aware)",
         _lazy("gsvision.train.main", "add_arguments"),
         _lazy("gsvision.train.main", "run"),
+    ),
+    "eval": Command(
+        "zero-shot top-1/top-5 of the splat and RGB towers (ImageNet-1K, clip_benchmark layouts)",
+        _lazy("gsvision.cli_eval", "add_arguments"),
+        _lazy("gsvision.cli_eval", "run"),
     ),
     "bench": Command("run a benchmark from gsvision.bench", _bench_args, _run_bench),
 }

@@ -56,7 +56,7 @@ def make_shards(root: Path, shards: int = 2, per_shard: int = 16, seed: int = 0)
                 },
             )
         w.commit()
-    return str(root / ("{00000..%05d}.tar" % (shards - 1)))
+    return str(root / f"{{00000..{shards - 1:05d}}}.tar")
 
 
 def cfg(stage: str, data: str, out: Path, **kw) -> TrainConfig:
