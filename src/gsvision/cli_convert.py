@@ -35,6 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue in a folder holding another job's files"
     )
+    p.add_argument(
+        "--keep-image",
+        action="store_true",
+        help="also store each source image in the splat shard (for distillation and evaluation)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -56,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         backend=None if args.backend == "auto" else args.backend,
         resume=args.resume,
         progress=not args.quiet,
+        keep_image=args.keep_image,
     )
     try:
         summary = convert(args.inputs, args.output, cfg)

@@ -179,3 +179,26 @@ def test_torchrun_two_ranks_convert_every_shard_exactly_once(tmp_path):
     assert sorted(output_keys(out)) == sorted(input_keys(paths))
     shards = {json.loads(p.read_text())["shard"] for p in out.glob("*_stats.json")}
     assert shards == {f"{i:05d}" for i in range(5)}
+
+
+def test_class_labels_are_carried_and_images_kept_on_request(tmp_path):
+    from gsvision.data.captioned_shapes import make_shapes_shards
+
+    made = make_shapes_shards(tmp_path / "in", n_train=6, n_test=1, size=24, per_shard=3)
+    src = {s.key: s for p in made["train"] for s in iter_samples(str(p))}
+    pattern = str(tmp_path / "in" / "train" / "{00000..00001}.tar")
+    convert(pattern, tmp_path / "plain", TINY)
+    convert(pattern, tmp_path / "kept", ConvertConfig(**{**TINY.__dict__, "keep_image": True}))
+    plain = {
+        s.key: s for p in sorted((tmp_path / "plain").glob("*.tar")) for s in iter_samples(str(p))
+    }
+    kept = {
+        s.key: s for p in sorted((tmp_path / "kept").glob("*.tar")) for s in iter_samples(str(p))
+    }
+    assert set(plain) == set(kept) == set(src)
+    for key, s in src.items():
+        assert plain[key].files["cls"] == kept[key].files["cls"] == s.files["cls"]
+        assert "jpg" not in plain[key].files
+        assert kept[key].files["jpg"] == s.files["jpg"]  # byte-identical
+    with pytest.raises(JobConflictError):  # keep_image is part of the job's identity
+        convert(pattern, tmp_path / "plain", ConvertConfig(**{**TINY.__dict__, "keep_image": True}))

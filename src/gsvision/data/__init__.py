@@ -1,5 +1,6 @@
 """Datasets: image–text webdataset shards in, splat shards out, and loaders for training."""
 
+from gsvision.data.captioned_shapes import make_shapes_shards
 from gsvision.data.loader import (
     SplatDataset,
     collate_splats,
@@ -28,6 +29,7 @@ __all__ = [
     "expand_urls",
     "extract_splat_sample",
     "iter_samples",
+    "make_shapes_shards",
     "pad_splats",
     "rgb_pipeline",
     "shard_name",

@@ -67,6 +67,7 @@ class ConvertConfig:
     backend: str | None = None
     resume: bool = False  # continue in a folder that holds another job's files
     progress: bool = True
+    keep_image: bool = False  # also write the source image bytes (for distillation, evaluation)
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same job (everything that changes the output)."""
@@ -85,6 +86,7 @@ class _Item:
     source_bytes: int = 0
     skip: str | None = None
     decode_seconds: float = 0.0
+    extra: dict[str, bytes] = field(default_factory=dict)  # members copied as they are
 
 
 @dataclass
@@ -240,7 +242,11 @@ def _device(local_rank: int) -> str | None:
 
 
 # ------------------------------------------------------------------------------------ reading
-def _read_item(sample: Sample) -> _Item:
+#: Members copied unchanged into the splat shard: the class label (clip_benchmark's ``cls``).
+_CARRIED = ("cls",)
+
+
+def _read_item(sample: Sample, keep_image: bool = False) -> _Item:
     """Decode one sample's image and caption (runs in a worker thread)."""
     from gsvision.io import ImageError, decode_image
 
@@ -256,6 +262,9 @@ def _read_item(sample: Sample) -> _Item:
     else:
         ext, data = found
         item.source_bytes = len(data)
+        item.extra = {e: sample.files[e] for e in _CARRIED if e in sample.files}
+        if keep_image:
+            item.extra[ext] = data
         try:
             item.image = decode_image(data, f"{sample.key}.{ext}")
             item.caption = caption
@@ -273,7 +282,7 @@ def _reader(works: list[_ShardWork], cfg: ConvertConfig, stop: threading.Event) 
             batch: list = []
             try:
                 for sample in iter_samples(work.url):
-                    batch.append(pool.submit(_read_item, sample))
+                    batch.append(pool.submit(_read_item, sample, cfg.keep_image))
                     if len(batch) == cfg.batch:
                         _put(work.batches, [f.result() for f in batch], stop)
                         batch = []
@@ -366,9 +375,8 @@ def _convert_batch(items: list[_Item], writer, stats, cfg, device, timings, bar)
             print(f"gsvision convert: cannot fit {item.key}: {result}", file=sys.stderr)
             continue
         meta = {**item.meta, "gsvision": _sample_metrics(item, result)}
-        writer.write(
-            item.key, {"gsv": result.payload, "txt": item.caption, "json": json.dumps(meta)}
-        )
+        files = {"gsv": result.payload, "txt": item.caption, "json": json.dumps(meta)}
+        writer.write(item.key, {**item.extra, **files})
         stats["converted"] += 1
         stats["bytes_in"] += item.source_bytes
         stats["bytes_out"] += len(result.payload)

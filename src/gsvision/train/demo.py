@@ -136,6 +136,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run every step; returns the results (also ``OUT/results.json``) and writes the report."""
     from gsvision.data import make_shapes_shards
     from gsvision.data.convert import ConvertConfig, convert
+    from gsvision.data.labelled import wds_dataset
+    from gsvision.model import load_model
     from gsvision.train.report import write_report
     from gsvision.train.zeroshot import evaluate
 
@@ -213,8 +215,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     print("[6/6] zero-shot evaluation on held-out images, splat and RGB towers")
     t = time.perf_counter()
     final = str(runs / "contrastive" / "model.safetensors")
-    zs = evaluate(final, splats / "test", towers=("splat", "rgb"), batch_size=cfg.batch_size)
-    zs_distill = evaluate(distilled, splats / "test", towers=("splat",), batch_size=cfg.batch_size)
+    labels = wds_dataset(images / "test")  # class names and templates the shapes came with
+    test = wds_dataset(splats / "test", labels.classnames, labels.templates)
+    kw = dict(batch=cfg.batch_size, n=cfg.n_gaussians)
+    zs = evaluate(load_model(final).eval(), test, towers=("splat", "rgb"), **kw)
+    zs_distill = evaluate(load_model(distilled).eval(), test, towers=("splat",), **kw)
     timings["zero-shot evaluation"] = time.perf_counter() - t
 
     gsv, jpeg = _payload_sizes(splats / "test")
@@ -266,5 +271,5 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
 
 def _acc(res: dict[str, Any], tower: str) -> dict[str, float]:
-    r = res["towers"][tower] if "towers" in res else res[tower]
+    r = res["towers"][tower]
     return {"top1": float(r["top1"]), "top5": float(r["top5"]), "images": int(r["images"])}
