@@ -8,6 +8,7 @@ import torch
 from gsvision.codec.quant import to_shape
 from gsvision.model import (
     PerceiverResampler,
+    ResamplerBlock,
     ResamplerCfg,
     SplatStem,
     SplatStemCfg,
@@ -94,8 +95,11 @@ def test_gaussian_shape_matches_codec():
     assert chol.grad.isfinite().all()
 
 
-def test_padding_never_changes_the_output():
-    stem, res = make()
+@pytest.mark.parametrize(
+    "res_kw", [{}, {"token_kv": "per_layer"}, {"attn_width": 16}], ids=["shared", "layer", "narrow"]
+)
+def test_padding_never_changes_the_output(res_kw):
+    stem, res = make(**res_kw)
     clean = random_splats([6, 2, 0], 6)
     dirty = with_garbage(clean, extra=5)
     assert dirty.capacity == 11 and dirty.means[1, 2:].isnan().any()
@@ -111,9 +115,10 @@ def test_padding_never_changes_the_output():
     assert grad.isfinite().all() and (grad[~dirty.mask] == 0).all()
 
 
+@pytest.mark.parametrize("token_kv", ["shared", "per_layer"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
-def test_permutation_invariance(dtype, tol):
-    stem, res = make(dtype)
+def test_permutation_invariance(dtype, tol, token_kv):
+    stem, res = make(dtype, token_kv=token_kv)
     s = random_splats([9, 5, 1], 9, dtype=dtype)
     out = encode(stem, res, s)
     # shuffle the valid Gaussians of each image
@@ -144,9 +149,11 @@ def test_empty_images_stay_finite(res_kw):
     torch.testing.assert_close(out[:1], encode(stem, res, s[0]))  # independent of its batch
     if not res_kw.get("attend_latents", True):
         # only the null key is left: every latent gets the same attention output (its value)
-        q, kv = torch.randn(1, K, WIDTH), torch.randn(1, 3, WIDTH)
-        a = res.blocks[0].attn(q, kv, kv, key_padding_mask=torch.ones(1, 3, dtype=torch.bool))[0]
-        torch.testing.assert_close(a, a[:, :1].expand_as(a))
+        cfg = ResamplerCfg(width=WIDTH, head_width=8, attend_latents=False, mlp_ratio=0)
+        latents, kv = torch.randn(1, K, WIDTH), torch.randn(1, 3, 2 * WIDTH)
+        block = ResamplerBlock(cfg)
+        d = block(latents, kv, torch.ones(1, 3, dtype=torch.bool)) - latents
+        torch.testing.assert_close(d, d[:, :1].expand_as(d))
     # capacity 0: no Gaussian slots at all
     empty = Splats.create(torch.zeros(2, 0, 2), torch.ones(2, 0, 3), torch.zeros(2, 0, 3), (8, 8))
     assert encode(stem, res, empty).isfinite().all()
@@ -219,3 +226,15 @@ def test_parameter_budget(name):
     with torch.device("meta"):
         default = PerceiverResampler(ResamplerCfg(width=width))
     assert sum(p.numel() for p in default.parameters()) < 0.1 * total  # the default stays light
+
+
+def test_shared_token_keys_cost_one_projection():
+    per_layer = PerceiverResampler(ResamplerCfg(width=64, num_latents=4, token_kv="per_layer"))
+    shared = PerceiverResampler(ResamplerCfg(width=64, num_latents=4))
+    kv = 64 * 128 + 128 + 2 * 64  # one token key/value projection and its LayerNorm
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(per_layer) - count(shared) == 3 * kv  # 4 layers: 4 projections vs 1
+    narrow = PerceiverResampler(ResamplerCfg(width=64, num_latents=4, attn_width=32, head_width=16))
+    assert narrow.blocks[0].heads == 2 and count(narrow) < count(shared)
+    with pytest.raises(ValueError, match="token_kv"):
+        PerceiverResampler(ResamplerCfg(width=64, token_kv="sometimes"))

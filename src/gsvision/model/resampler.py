@@ -11,8 +11,13 @@ nothing: NaN on some backends). Every layer therefore holds a learned *null* key
 "nothing here", for an empty image and for a full one alike. Attending to the latents also keeps the
 key set non-empty; at least one of the two must be on.
 
-Parameters per layer at width D: 4·D² (attention) + 2·mlp_ratio·D² (MLP); latent self-attention
-through ``attend_latents`` costs none.
+Cost. Projecting the N Gaussian tokens to keys and values dominates (N ≫ K): per layer
+``2·N·D·A`` multiply-adds at attention width A. ``token_kv="shared"`` (the default) projects them
+once for all layers (each layer still cross-attends, with its own queries, latent keys and output);
+``"per_layer"`` is the classic Perceiver/Flamingo resampler, 4x the cost at 4 layers. ``attn_width``
+(A < D) narrows queries, keys and values further. Parameters per layer: ``2·D·A`` (query, output)
+``+ 2·mlp_ratio·D²`` (MLP), plus ``2·D·A`` for the key/value projection once (shared) or per layer;
+the latents' keys and values go through the same projection as the tokens'.
 """
 
 from __future__ import annotations
@@ -31,71 +36,104 @@ __all__ = ["ResamplerCfg", "ResamplerBlock", "PerceiverResampler"]
 class ResamplerCfg:
     """Configuration of :class:`PerceiverResampler`.
 
-    ``mlp_ratio`` defaults to 1 because the trainable budget is tight: at width 768, K = 98 and 4
-    layers the resampler holds 9.5M / 14.3M / 28.4M parameters at ratio 0 / 1 / 4 (width 1024:
-    16.9M / 25.3M / 50.5M), against 150M in all of ViT-B/16 CLIP (428M for ViT-L/14).
+    ``mlp_ratio`` defaults to 1 because the trainable budget is tight (ViT-B/16 CLIP has 150M
+    parameters in all, ViT-L/14 428M); ``mlp_ratio=0`` gives an attention-only resampler.
     """
 
     width: int = 768  # latent and token width: the backbone's (ViT-B/16: 768, ViT-L/14: 1024)
     num_latents: int = 98  # K; the paper used 196 (ViT-B/16's length) and 98 (< 2% accuracy lost)
     layers: int = 4  # as in the paper
-    head_width: int = 64  # heads = width // head_width, as open_clip's CLIPVisionCfg
-    mlp_ratio: float = (
-        1.0  # MLP hidden = width * mlp_ratio; 0: no MLP (1, not 4: see the docstring)
-    )
-    attend_latents: bool = True  # keys/values also hold the latents: self-attention, no parameters
+    head_width: int = 64  # per-head width, as open_clip's CLIPVisionCfg
+    attn_width: int | None = None  # A: query/key/value width (heads = A // head_width); None: width
+    token_kv: str = "shared"  # "shared": token keys/values projected once; "per_layer": each layer
+    mlp_ratio: float = 1.0  # MLP hidden = width * mlp_ratio; 0: no MLP
+    attend_latents: bool = True  # keys/values also hold the latents (latent self-attention)
     null_kv: bool = True  # a learned key/value per layer, never masked (empty images stay finite)
     final_norm: bool = True  # LayerNorm on the output latents
 
     @property
+    def inner(self) -> int:
+        return self.attn_width or self.width
+
+    @property
     def heads(self) -> int:
-        return max(1, self.width // self.head_width)
+        return max(1, self.inner // self.head_width)
+
+
+def _mlp(width: int, hidden: int) -> nn.Module:
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("c_fc", nn.Linear(width, hidden)),
+                ("gelu", nn.GELU()),
+                ("c_proj", nn.Linear(hidden, width)),
+            ]
+        )
+    )
+
+
+class TokenKV(nn.Module):
+    """Gaussian tokens ``[B, N, D]`` → keys and values ``[B, N, 2A]`` (pre-norm projection)."""
+
+    def __init__(self, width: int, inner: int):
+        super().__init__()
+        self.ln = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, 2 * inner)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.proj(self.ln(tokens))
 
 
 class ResamplerBlock(nn.Module):
-    """One pre-norm layer: latents ← latents + attn(latents → tokens [, latents]); + MLP."""
+    """One pre-norm layer: latents ← latents + attn(latents → [null; tokens; latents]); + MLP."""
 
-    def __init__(
-        self,
-        width: int,
-        heads: int,
-        mlp_ratio: float = 1.0,
-        attend_latents: bool = True,
-        null_kv: bool = True,
-    ):
+    def __init__(self, cfg: ResamplerCfg):
         super().__init__()
-        self.attend_latents = attend_latents
-        self.ln_q = nn.LayerNorm(width)
-        self.ln_kv = nn.LayerNorm(width)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True, add_bias_kv=null_kv)
-        hidden = int(width * mlp_ratio)
-        self.ln_2 = nn.LayerNorm(width) if hidden > 0 else None
-        self.mlp = (
-            nn.Sequential(
-                OrderedDict(
-                    [
-                        ("c_fc", nn.Linear(width, hidden)),
-                        ("gelu", nn.GELU()),
-                        ("c_proj", nn.Linear(hidden, width)),
-                    ]
-                )
+        d, a = cfg.width, cfg.inner
+        self.heads = cfg.heads
+        if a % self.heads:
+            raise ValueError(
+                f"attention width {a} is not a multiple of head_width {cfg.head_width}"
             )
-            if hidden > 0
-            else None
-        )
+        self.attend_latents = cfg.attend_latents
+        self.ln_q = nn.LayerNorm(d)
+        self.q = nn.Linear(d, a)
+        self.kv_tokens = TokenKV(d, a) if cfg.token_kv == "per_layer" else None
+        self.null_kv = nn.Parameter(0.02 * torch.randn(2, a)) if cfg.null_kv else None
+        self.out = nn.Linear(a, d)
+        hidden = int(d * cfg.mlp_ratio)
+        self.ln_2 = nn.LayerNorm(d) if hidden > 0 else None
+        self.mlp = _mlp(d, hidden) if hidden > 0 else None
 
     def forward(
         self,
         latents: Tensor,  # [B, K, D]
-        tokens: Tensor,  # [B, N, D]
+        tokens: Tensor,  # [B, N, D] tokens, or [B, N, 2A] their shared keys/values
         key_padding_mask: Tensor,  # [B, N] bool, True = padded
+        shared_kv: TokenKV | None = None,  # the projection that made shared keys/values
     ) -> Tensor:  # [B, K, D]
-        q = self.ln_q(latents)
-        kv, mask = self.ln_kv(tokens), key_padding_mask
+        """Latents and tokens may be of any batch; ``shared_kv`` is required without per-layer
+        projections (the latents' own keys/values go through the same projection as the tokens')."""
+        b, k, _ = latents.shape
+        q_in = self.ln_q(latents)
+        kv_proj = self.kv_tokens if self.kv_tokens is not None else shared_kv
+        kv = self.kv_tokens(tokens) if self.kv_tokens is not None else tokens  # [B, N, 2A]
+        keep = ~key_padding_mask  # [B, N]
+        parts, keeps = [kv], [keep]
+        if self.null_kv is not None:
+            parts.insert(0, self.null_kv.to(kv.dtype).reshape(1, 1, -1).expand(b, 1, -1))
+            keeps.insert(0, keep.new_ones(b, 1))
         if self.attend_latents:
-            kv = torch.cat([kv, q], 1)  # [B, N + K, D]
-            mask = F.pad(mask, (0, q.shape[1]), value=False)
-        latents = latents + self.attn(q, kv, kv, key_padding_mask=mask, need_weights=False)[0]
+            parts.append(kv_proj(latents))  # [B, K, 2A]
+            keeps.append(keep.new_ones(b, k))
+        kv = torch.cat(parts, 1)  # [B, L, 2A]
+        keep = torch.cat(keeps, 1)  # [B, L]
+        h = self.heads
+        q = self.q(q_in).unflatten(-1, (h, -1)).transpose(1, 2)  # [B, h, K, A/h]
+        key, value = kv.unflatten(-1, (2, h, -1)).permute(2, 0, 3, 1, 4)  # 2 × [B, h, L, A/h]
+        mask = keep[:, None, None, :]  # [B, 1, 1, L], True = attend
+        x = F.scaled_dot_product_attention(q, key, value, attn_mask=mask)  # [B, h, K, A/h]
+        latents = latents + self.out(x.transpose(1, 2).flatten(2))
         if self.mlp is not None:
             latents = latents + self.mlp(self.ln_2(latents))
         return latents
@@ -112,12 +150,14 @@ class PerceiverResampler(nn.Module):
                 "ResamplerCfg: set null_kv or attend_latents, or a latent of an image with no "
                 "Gaussians has no key to attend to"
             )
+        if cfg.token_kv not in ("shared", "per_layer"):
+            raise ValueError(
+                f"ResamplerCfg.token_kv must be 'shared' or 'per_layer', got {cfg.token_kv!r}"
+            )
         scale = cfg.width**-0.5  # as open_clip initialises class_embedding
         self.latents = nn.Parameter(scale * torch.randn(cfg.num_latents, cfg.width))
-        self.blocks = nn.ModuleList(
-            ResamplerBlock(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.attend_latents, cfg.null_kv)
-            for _ in range(cfg.layers)
-        )
+        self.kv_tokens = TokenKV(cfg.width, cfg.inner) if cfg.token_kv == "shared" else None
+        self.blocks = nn.ModuleList(ResamplerBlock(cfg) for _ in range(cfg.layers))
         self.ln_post = nn.LayerNorm(cfg.width) if cfg.final_norm else nn.Identity()
 
     def forward(
@@ -132,7 +172,9 @@ class PerceiverResampler(nn.Module):
         key_padding_mask = key_padding_mask.bool()
         # masked keys get zero weight, but 0 · NaN is NaN: garbage must not reach the values at all
         tokens = tokens.masked_fill(key_padding_mask[..., None], 0.0)
+        if self.kv_tokens is not None:
+            tokens = self.kv_tokens(tokens)  # [B, N, 2A], once for every layer
         x = self.latents.to(tokens.dtype).expand(b, -1, -1)  # [B, K, D]
         for block in self.blocks:
-            x = block(x, tokens, key_padding_mask)
+            x = block(x, tokens, key_padding_mask, self.kv_tokens)
         return self.ln_post(x)
