@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -10,12 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from gsvision.cli import main
 from gsvision.codec import decode
 from gsvision.data.convert import ConvertConfig, JobConflictError, convert
-from gsvision.data.shards import iter_samples
+from gsvision.data.shards import ShardWriter, iter_samples
 from gsvision.data.synthetic import FAULTS, make_image_text_shards
 
 TINY = ConvertConfig(n_gaussians=16, iters=4, size=32, batch=3, progress=False)
@@ -198,7 +201,42 @@ def test_class_labels_are_carried_and_images_kept_on_request(tmp_path):
     assert set(plain) == set(kept) == set(src)
     for key, s in src.items():
         assert plain[key].files["cls"] == kept[key].files["cls"] == s.files["cls"]
+        assert json.loads(plain[key].files["json"])["cls"] == int(s.files["cls"])
         assert "jpg" not in plain[key].files
         assert kept[key].files["jpg"] == s.files["jpg"]  # byte-identical
     with pytest.raises(JobConflictError):  # keep_image is part of the job's identity
         convert(pattern, tmp_path / "plain", ConvertConfig(**{**TINY.__dict__, "keep_image": True}))
+
+
+def test_keep_image_keeps_any_extension_and_cls_of_any_form(tmp_path):
+    rng = np.random.default_rng(0)
+    members = {}
+    for key, fmt, ext, cls in (
+        ("a", "PNG", "png", b"5"),
+        ("b", "WEBP", "webp", b" 7\n"),  # whitespace around the number is allowed
+        ("c", "JPEG", "jpeg", b"n01440764"),  # not a number: copied, not put in key.json
+        ("d", "JPEG", "jpg", None),
+    ):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(buf, format=fmt)
+        files = {ext: buf.getvalue(), "txt": f"sample {key}", "json": json.dumps({"key": key})}
+        members[key] = {**files, **({"cls": cls} if cls is not None else {})}
+    with ShardWriter(tmp_path / "in" / "00000.tar") as writer:
+        for key, files in members.items():
+            writer.write(key, files)
+        writer.commit()
+    out = tmp_path / "out"
+    assert (
+        main(["convert", str(tmp_path / "in" / "00000.tar"), str(out), *TINY_ARGS, "--keep-image"])
+        == 0
+    )
+    got = {s.key: s for s in iter_samples(str(out / "00000.tar"))}
+    assert set(got) == set(members)
+    for key, files in members.items():
+        written = got[key].files
+        assert set(written) == set(files) | {"gsv"}, key
+        for ext in set(files) - {"txt", "json"}:
+            assert written[ext] == files[ext], (key, ext)  # byte-identical image and cls
+    labels = {key: json.loads(s.files["json"]).get("cls") for key, s in got.items()}
+    assert labels == {"a": 5, "b": 7, "c": None, "d": None}
+    assert json.loads((out / "_job.json").read_text())["settings"]["keep_image"] is True

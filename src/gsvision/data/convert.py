@@ -7,6 +7,9 @@
   ``<shard>_stats.json`` (converted and skipped samples, with reasons) is written the same way and
   marks the shard done. A rerun skips done shards and redoes the rest, so a job killed at any moment
   ends, after a rerun, with every input sample converted exactly once or listed as skipped.
+- A ``cls`` member (the class label, clip_benchmark's layout) is copied unchanged and its value
+  recorded in ``key.json``; with ``keep_image`` the source image bytes are copied too, under their
+  own extension, so one shard holds an image and its splats (for distillation and evaluation).
 - Under ``torchrun`` each rank converts shards ``rank, rank + world, ...`` (one GPU per rank where
   there are GPUs); rank 0 writes ``_summary.json`` once every rank is done.
 """
@@ -374,7 +377,7 @@ def _convert_batch(items: list[_Item], writer, stats, cfg, device, timings, bar)
             stats["skipped"].append({"key": item.key, "reason": result})
             print(f"gsvision convert: cannot fit {item.key}: {result}", file=sys.stderr)
             continue
-        meta = {**item.meta, "gsvision": _sample_metrics(item, result)}
+        meta = {**item.meta, **_label(item), "gsvision": _sample_metrics(item, result)}
         files = {"gsv": result.payload, "txt": item.caption, "json": json.dumps(meta)}
         writer.write(item.key, {**item.extra, **files})
         stats["converted"] += 1
@@ -411,6 +414,15 @@ def _fit(items: list[_Item], cfg: ConvertConfig, device, timings) -> list:
     timings["encode"] += encode
     timings["images"] += len(items)
     return coded
+
+
+def _label(item: _Item) -> dict[str, Any]:
+    """``{"cls": 3}`` for a sample whose ``cls`` member is an integer, else ``{}``."""
+    raw = item.extra.get("cls")
+    try:
+        return {"cls": int(raw.decode("ascii").strip())} if raw is not None else {}
+    except (UnicodeDecodeError, ValueError):
+        return {}  # the member is still copied as it is
 
 
 def _sample_metrics(item: _Item, coded) -> dict[str, Any]:

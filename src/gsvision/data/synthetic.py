@@ -4,6 +4,9 @@ For tests, benchmarks and the demo (no downloads at run time): random crops, fli
 six sample photos, with captions, ``key.json`` metadata and ``<shard>_stats.json`` as img2dataset
 writes them. ``faults`` plants the bad inputs a real crawl contains, so the converter's handling of
 each can be tested.
+
+The class-labelled coloured shapes (the GS-CLIP demo's dataset) live in
+:mod:`gsvision.data.captioned_shapes`; :func:`make_shapes_shards` is re-exported here.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from gsvision.data.captioned_shapes import make_shapes_shards
 from gsvision.data.shards import ShardWriter
 
-__all__ = ["FAULTS", "make_image_text_shards"]
+__all__ = ["FAULTS", "make_image_text_shards", "make_shapes_shards"]
 
 #: Bad inputs that can be planted: a truncated JPEG, a sample without caption, a sample with no
 #: image (only a PDF and a caption), a truncated last shard, and an extra empty shard.
