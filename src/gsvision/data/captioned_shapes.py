@@ -38,7 +38,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "star")
 BACKGROUNDS = ("plain", "gradient", "noise", "stripes")
 _BG_WORDS = {"plain": "plain", "gradient": "gradient", "noise": "noisy", "stripes": "striped"}
-_SIZES = (("small", 0.22, 0.3), ("medium", 0.32, 0.42), ("big", 0.44, 0.56))  # side fraction
+_SIZES = (("small", 0.3, 0.4), ("medium", 0.42, 0.54), ("big", 0.56, 0.7))  # diameter / side
 
 #: Zero-shot prompt templates (clip_benchmark's ``{c}`` convention).
 TEMPLATES = (
@@ -50,13 +50,13 @@ TEMPLATES = (
     "a {c} on a plain background.",
 )
 
-_CAPTIONS = (
+_CAPTIONS = (  # half name only the class, as many web captions do; half add the nuisances
+    "a {colour} {shape}",
+    "a photo of a {colour} {shape}",
+    "a {colour} {shape}.",
     "a {size} {colour} {shape} on a {bg} background",
     "a photo of a {colour} {shape} in the {pos}",
-    "a {colour} {shape}",
     "{size} {colour} {shape}, {pos}",
-    "there is a {colour} {shape} in the {pos} of the picture",
-    "a {bg} background with a {size} {colour} {shape}",
 )
 
 
