@@ -86,7 +86,7 @@ def test_splat_tower_runs_shared_frozen_blocks_and_its_own_copies():
     assert blocks[0] is not shared[0] and blocks[1] is not shared[1]
     assert all(blocks[i] is shared[i] for i in range(2, len(shared)))
     # copies start equal, so at initialisation the path is the RGB tower's with splat tokens
-    assert torch.equal(blocks[0].attn.in_proj_weight, shared[0].attn.in_proj_weight)
+    assert torch.equal(blocks[0].attn.in_proj_weight, shared[0].attn.in_proj_weight)  # ViT blocks
     assert not any(k.startswith("splat.blocks.2") for k in m.state_dict())  # shared: stored once
 
 
@@ -146,3 +146,20 @@ def test_changing_presets_copies_parts_without_changing_the_output(tmp_path):
     m2 = create_model(str(tmp_path / "m.safetensors"))
     torch.testing.assert_close(m2.encode_splats(s), trained)
     assert trainable_names(m2) == trainable_names(m)
+
+
+def test_package_references_in_configs_resolve_or_make_the_model_unavailable(monkeypatch):
+    """``pkg:PACKAGE/FOLDER`` in a config (how GS-ViT-Tiny-8-64-MiniLM names its text tower)."""
+    from gsvision.model import factory
+
+    monkeypatch.setattr(factory, "_unavailable", {})
+    registry = {
+        "here": {"text_cfg": {"hf_model_name": "pkg:gsvision/model/configs"}},
+        "absent": {"text_cfg": {"hf_tokenizer_name": "pkg:no_such_package_xyz/model"}},
+        "plain": {"text_cfg": {"width": 128}},
+    }
+    factory._resolve_package_refs(registry)
+    assert set(registry) == {"here", "plain"}
+    assert registry["here"]["text_cfg"]["hf_model_name"] == str(factory.CONFIG_DIR)
+    with pytest.raises(RuntimeError, match="no_such_package_xyz.*pip install no-such-package-xyz"):
+        factory._check_available("absent")

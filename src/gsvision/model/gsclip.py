@@ -177,6 +177,38 @@ class SplatVisionTower(nn.Module):
         return x @ proj.to(x.dtype) if proj is not None else x
 
 
+def _text_tower_parts(clip: nn.Module) -> tuple[list[nn.Module], list[nn.Module | nn.Parameter]]:
+    """``(transformer blocks, head)`` of a CLIP's text tower, the head being what follows the
+    blocks (final norm and projection).
+
+    Three layouts: open_clip's ``CLIP`` (text parts on the CLIP itself), a ``CustomTextCLIP`` with
+    open_clip's ``TextTransformer`` under ``clip.text``, and one with a Hugging Face encoder
+    (``HFTextEncoder``: the blocks are the encoder's layers, the head its projection; e.g.
+    MiniLM, a BERT whose layers end in their own norms).
+
+    Raises:
+        ValueError: a text tower of another kind.
+    """
+    text = getattr(clip, "text", clip)
+    if hasattr(getattr(text, "transformer", None), "resblocks"):  # open_clip's own text tower
+        head = [m for m in (text.ln_final, text.text_projection) if m is not None]
+        return list(text.transformer.resblocks), head
+    config = getattr(text, "config", None)
+    if config is not None and hasattr(text, "proj"):  # open_clip's HFTextEncoder
+        from open_clip.hf_configs import arch_dict
+
+        names = arch_dict.get(config.model_type, {}).get("config_names", {})
+        encoder = getattr(text.transformer, "encoder", text.transformer)
+        layers = getattr(encoder, names.get("layer_attr", "layer"), None)  # BERT's: encoder.layer
+        if isinstance(layers, nn.ModuleList):
+            return list(layers), [text.proj]
+    raise ValueError(
+        f"cannot find the blocks and head of the text tower {type(text).__name__}: the text_blocks "
+        "and text_head settings (the paper-text preset) support open_clip's text transformer and "
+        "Hugging Face encoders open_clip knows (open_clip.hf_configs.arch_dict)"
+    )
+
+
 def _pool(x: Tensor, pool_type: str) -> Tensor:  # [B, L, D] → [B, D]
     if pool_type == "tok":
         return x[:, 0]
@@ -261,15 +293,13 @@ class GSCLIP(nn.Module):
             s.ln_post.requires_grad_(t.ln_post)
         if s.proj is not None:
             s.proj.requires_grad_(t.proj)
-        text_blocks = self.clip.transformer.resblocks
-        for i in _indices(t.text_blocks, len(text_blocks), "text_blocks"):
-            text_blocks[i].requires_grad_(True)
-        if t.text_head:
-            self.clip.ln_final.requires_grad_(True)
-            if isinstance(self.clip.text_projection, nn.Module):
-                self.clip.text_projection.requires_grad_(True)
-            elif self.clip.text_projection is not None:
-                self.clip.text_projection.requires_grad_(True)
+        if t.text_blocks or t.text_head:
+            text_blocks, text_head = _text_tower_parts(self.clip)
+            for i in _indices(t.text_blocks, len(text_blocks), "text_blocks"):
+                text_blocks[i].requires_grad_(True)
+            if t.text_head:
+                for part in text_head:
+                    part.requires_grad_(True)
         self.clip.logit_scale.requires_grad_(t.logit_scale)
         copied = TrainableCfg(
             splat_stem=False,

@@ -2,7 +2,9 @@
 
 - ``rgb``: a plain open_clip CLIP trained contrastively on image–text shards (all parameters);
   written as an open_clip state dict, to be the frozen backbone of the next stages when no
-  pretrained CLIP can be downloaded (the demo).
+  pretrained CLIP can be downloaded (the demo). ``--lock-text`` trains it LiT-style instead: the
+  (pretrained) text tower is locked but for its projection, e.g. ``GS-ViT-Tiny-8-64-MiniLM``'s
+  sentence encoder, and only the image tower, the projection and the temperature learn.
 - ``distill`` (paper, stage 1): only the splat stem trains; loss = MSE between the L2-normalised
   embeddings of the frozen RGB tower on the image and the splat tower on its splats (shards
   converted with ``--keep-image``).
@@ -73,6 +75,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: str | None = None  # "latest" or a checkpoint directory
     stop_after: int | None = None  # stop (checkpointed) after this many steps in all (tests)
+    lock_text: bool = False  # rgb stage: freeze the text tower except its projection (LiT)
     model_kwargs: dict = field(default_factory=dict)  # more create_model arguments
 
     def check(self) -> None:
@@ -83,6 +86,8 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError("--precision must be auto, fp32 or bf16")
+        if self.lock_text and self.stage != "rgb":
+            raise ValueError("--lock-text is for the rgb stage (later stages: --trainable)")
 
 
 # ------------------------------------------------------------------------------------ distributed
@@ -190,10 +195,11 @@ def _build(cfg: TrainConfig, device: torch.device):
     import open_clip
 
     from gsvision.model import create_model, get_tokenizer
-    from gsvision.model.factory import _open_clip, rgb_transform
+    from gsvision.model.factory import _check_available, _open_clip, rgb_transform
 
     if cfg.stage == "rgb":
         _open_clip()  # registers gsvision's configs
+        _check_available(cfg.model)
         clip = open_clip.create_model(
             cfg.model, pretrained=cfg.pretrained, device=device, output_dict=True
         )
@@ -209,6 +215,28 @@ def _build(cfg: TrainConfig, device: torch.device):
     )
     tokenizer = get_tokenizer(model.cfg.model_name)
     return model, model, tokenizer, rgb_transform(model.clip)
+
+
+def lock_text_tower(clip: nn.Module) -> None:
+    """LiT: freeze an open_clip CLIP's text tower but for its projection, which maps the locked
+    features into the joint space and keeps training (open_clip's ``lock_text_tower`` freezes it
+    too on its own text transformer, and leaves it trainable on a Hugging Face one)."""
+    clip.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+    text = getattr(clip, "text", clip)
+    proj = getattr(text, "text_projection", None)
+    if proj is None:
+        proj = getattr(text, "proj", None)  # HFTextEncoder
+    if proj is not None:
+        proj.requires_grad_(True)
+
+
+def _eval_frozen_text(model: nn.Module) -> None:
+    """Run a wholly frozen Hugging Face text encoder in eval mode: its dropout (0.1 in MiniLM)
+    would only add noise to features that nothing inside it learns from."""
+    clip = getattr(model, "clip", model)
+    encoder = getattr(getattr(clip, "text", None), "transformer", None)
+    if encoder is not None and not any(p.requires_grad for p in encoder.parameters()):
+        encoder.eval()
 
 
 def _param_groups(model: nn.Module, wd: float) -> list[dict]:
@@ -374,6 +402,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.stage == "rgb":
         for p in model.parameters():
             p.requires_grad_(True)
+        if cfg.lock_text:
+            lock_text_tower(model)
     params = [p for p in model.parameters() if p.requires_grad]
     n_train = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(
@@ -412,6 +442,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     t_start, last = time.perf_counter(), None
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
+        _eval_frozen_text(model)
         loader = _loader(cfg, data, epoch, tokenizer, preprocess)
         it = iter(loader)
         b_in_epoch = skip if epoch == start_epoch else 0
@@ -524,6 +555,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=d.precision, choices=("auto", "fp32", "bf16"))
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory")
     p.add_argument("--stop-after", type=int, default=None, help="stop after this many steps")
+    p.add_argument(
+        "--lock-text",
+        action="store_true",
+        help="rgb stage: freeze the text tower except its projection (LiT)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
