@@ -1,8 +1,9 @@
-"""The ``gsvision`` command line: ``fit | render | info | demo | bench``.
+"""The ``gsvision`` command line: ``fit | render | info | demo | convert | train | eval | serve |
+send | bench``.
 
 Each subcommand is one entry of :data:`COMMANDS`: a help line, a function that adds its arguments
-and a function that runs it and returns the exit code. Later issues register ``convert``, ``train``,
-``eval`` and ``serve`` there. User errors (bad files, bad flags) print one line to stderr and exit
+and a function that runs it and returns the exit code; the larger ones live in their own modules
+(``cli_convert``, ``cli_eval``, ``cli_serve``) and are imported when run. User errors (bad files, bad flags) print one line to stderr and exit
 with a non-zero code; tracebacks are kept for bugs. Heavy modules are imported inside the commands
 so that ``gsvision --help`` and ``--version`` stay fast.
 """
@@ -674,6 +675,16 @@ COMMANDS: dict[str, Command] = {
         "zero-shot top-1/top-5 of the splat and RGB towers (ImageNet-1K, clip_benchmark layouts)",
         _lazy("gsvision.cli_eval", "add_arguments"),
         _lazy("gsvision.cli_eval", "run"),
+    ),
+    "serve": Command(
+        "the embedding service: .gsv payloads and texts in, embeddings out (HTTP)",
+        _lazy("gsvision.cli_serve", "add_serve_arguments"),
+        _lazy("gsvision.cli_serve", "run_serve"),
+    ),
+    "send": Command(
+        "edge client: fit images, send their splats to a service, get embeddings",
+        _lazy("gsvision.cli_serve", "add_send_arguments"),
+        _lazy("gsvision.cli_serve", "run_send"),
     ),
     "bench": Command("run a benchmark from gsvision.bench", _bench_args, _run_bench),
 }
