@@ -214,7 +214,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--batch-wait-ms", type=float, default=5.0)
     p.add_argument("--quick", action="store_true", help="tiny model and images (tests)")
-    p.add_argument("--out-dir", default=None, help="default benchmarks/results")
+    p.add_argument(
+        "--out", "--out-dir", dest="out_dir", default=None, help="default benchmarks/results"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.model, args.num_latents, args.n, args.size, args.iters = (
