@@ -383,7 +383,11 @@ def create_app(service: EmbeddingModel, cfg: ServeConfig | None = None) -> FastA
         if media in _GSV_TYPES:
             return [await request.body()]
         if media == "multipart/form-data":
-            form = await request.form(max_files=cfg.max_images, max_fields=cfg.max_images)
+            form = await request.form(
+                max_files=cfg.max_images,
+                max_fields=cfg.max_images,
+                max_part_size=cfg.max_body_bytes,
+            )
             parts = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
             if not parts:
                 raise _refuse(400, "multipart body without a file part (one per .gsv payload)")
