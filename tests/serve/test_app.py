@@ -10,6 +10,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from serve_cases import API_KEY, MAX_BODY, MAX_GAUSSIANS, MAX_IMAGES
 
 import gsvision
@@ -282,3 +284,30 @@ def test_without_a_key_the_service_is_open(start_server, packed):
         headers={"Content-Type": "application/octet-stream"},
     )
     assert r.status_code == 200
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_fuzzed_payloads_never_break_the_service(http, packed, data):
+    """Random edits of a valid payload (and random bytes): a 4xx naming the problem, never a 5xx."""
+    body = bytearray(packed)
+    edit = data.draw(st.sampled_from(["flip", "cut", "insert", "random", "header"]))
+    if edit == "random":
+        body = bytearray(data.draw(st.binary(min_size=0, max_size=400)))
+    elif edit == "cut":
+        body = body[: data.draw(st.integers(0, len(body) - 1))]
+    elif edit == "insert":
+        at = data.draw(st.integers(0, len(body)))
+        body[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+    else:  # flip bytes anywhere, or in the headers
+        hi = 96 if edit == "header" else len(body)
+        for _ in range(data.draw(st.integers(1, 4))):
+            body[data.draw(st.integers(0, hi - 1))] ^= data.draw(st.integers(1, 255))
+    r = http.post("/v1/embed", content=bytes(body), headers=GSV)
+    if bytes(body) == packed:
+        assert r.status_code == 200
+    else:
+        assert r.status_code in (400, 422), r.text
+        assert isinstance(r.json()["detail"], str) and r.json()["detail"]
