@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import zstandard
 
@@ -119,7 +121,51 @@ def compress(raw: bytes, level: int = ZSTD_LEVEL) -> bytes:
 
 
 def decompress(frame: bytes | memoryview, size: int) -> bytes:
-    """Exactly ``size`` bytes from one zstd frame, reading no further than that."""
+    """Exactly ``size`` bytes from exactly one zstd frame with nothing after it.
+
+    Never produces (or allocates for) more than ``size`` bytes. The common case, a frame whose
+    header records its content size as ``size`` (as :func:`compress` writes it), is decoded once,
+    in one call that also refuses corrupt data, a cut frame and any bytes after the frame (a second
+    frame included). Anything else (no content size in the header, another size, a header zstd
+    cannot parse, or a frame that fails in that call) goes through :func:`_decompress_checked`,
+    which decodes with a bounded stream reader and names what is wrong.
+
+    Raises:
+        StreamError: if the data is not one frame of exactly ``size`` bytes.
+    """
+    if size > 0:  # (a content size of 0 makes zstandard return b"" without reading further)
+        try:
+            declared = zstandard.frame_content_size(frame)
+        except zstandard.ZstdError:
+            declared = -1
+        if declared == size:
+            try:
+                # The output buffer is the declared size (checked equal to ``size`` above); the
+                # frame must end exactly at the end of ``frame`` and decode to exactly that size.
+                out = _dctx().decompress(frame, max_output_size=size, allow_extra_data=False)
+            except zstandard.ZstdError:
+                pass  # diagnosed (and raised) by the checked path below
+            else:
+                if len(out) == size:
+                    return out
+    return _decompress_checked(frame, size)
+
+
+_LOCAL = threading.local()
+
+
+def _dctx() -> zstandard.ZstdDecompressor:
+    """This thread's decompressor (one-shot calls reset it; instances are not thread-safe)."""
+    dctx = getattr(_LOCAL, "dctx", None)
+    if dctx is None:
+        dctx = _LOCAL.dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+    return dctx
+
+
+def _decompress_checked(frame: bytes | memoryview, size: int) -> bytes:
+    """:func:`decompress` the slow way, for frames off its fast path: a bounded stream reader
+    (at most ``size + 1`` bytes out), then, its output known to be at most ``size`` bytes, a
+    second bounded pass proving the body is exactly one frame; each failure named."""
     dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
     try:
         with dctx.stream_reader(bytes(frame), read_across_frames=False) as reader:
