@@ -518,7 +518,12 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes (a minute; for tests)")
     p.add_argument("--train-pairs", type=_positive_int, default=None, help="synthetic train pairs")
     p.add_argument("--test-pairs", type=_positive_int, default=None, help="held-out pairs")
-    p.add_argument("--model", default=None, help="backbone (default GS-ViT-Tiny-8-64)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="backbone (default GS-ViT-Tiny-8-64-MiniLM with the minilm extra, else "
+        "GS-ViT-Tiny-8-64)",
+    )
     p.add_argument(
         "--pretrained",
         default=None,

@@ -163,3 +163,25 @@ def test_package_references_in_configs_resolve_or_make_the_model_unavailable(mon
     assert registry["here"]["text_cfg"]["hf_model_name"] == str(factory.CONFIG_DIR)
     with pytest.raises(RuntimeError, match="no_such_package_xyz.*pip install no-such-package-xyz"):
         factory._check_available("absent")
+
+
+def test_checkpoints_from_before_attn_ratio_keep_full_width_attention(tmp_path):
+    """Older checkpoints stored no ``attn_ratio``: they had full-width attention, and load so."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    m = tiny("stem", resampler={"layers": 1, "head_width": 16, "attn_ratio": 1.0})
+    assert m.splat.resampler.cfg.inner == 128  # the default ratio would give 32 here
+    path = tmp_path / "new.safetensors"
+    save_model(m, path)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    cfg = json.loads(meta["gsvision_model"])
+    del cfg["resampler"]["attn_ratio"]
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(path)), str(old), metadata={**meta, "gsvision_model": json.dumps(cfg)})
+    assert read_model_cfg(old).resampler.inner == 128
+    s = random_splats([10, 3], 10)
+    torch.testing.assert_close(load_model(old).encode_splats(s), m.encode_splats(s), rtol=0, atol=0)

@@ -150,7 +150,7 @@ def test_empty_images_stay_finite(res_kw):
     if not res_kw.get("attend_latents", True):
         # only the null key is left: every latent gets the same attention output (its value)
         cfg = ResamplerCfg(width=WIDTH, head_width=8, attend_latents=False, mlp_ratio=0)
-        latents, kv = torch.randn(1, K, WIDTH), torch.randn(1, 3, 2 * WIDTH)
+        latents, kv = torch.randn(1, K, WIDTH), torch.randn(1, 3, 2 * cfg.inner)
         block = ResamplerBlock(cfg)
         d = block(latents, kv, torch.ones(1, 3, dtype=torch.bool)) - latents
         torch.testing.assert_close(d, d[:, :1].expand_as(d))

@@ -236,10 +236,12 @@ def read_model_cfg(path: str | Path) -> GSCLIPCfg:
     if _CKPT_KEY not in meta:
         raise ValueError(f"{path}: not a gsvision model checkpoint (no {_CKPT_KEY!r} metadata)")
     d = json.loads(meta[_CKPT_KEY])
+    # checkpoints from before attn_ratio existed had full-width attention
+    resampler = {"attn_ratio": 1.0, **d["resampler"]}
     return GSCLIPCfg(
         model_name=d["model_name"],
         stem=_cfg_dataclass(SplatStemCfg, d["stem"]),
-        resampler=_cfg_dataclass(ResamplerCfg, d["resampler"]),
+        resampler=_cfg_dataclass(ResamplerCfg, resampler),
         trainable=_cfg_dataclass(TrainableCfg, d["trainable"]),
         clip_kwargs=d.get("clip_kwargs", {}),
         copied=_cfg_dataclass(TrainableCfg, d.get("copied")),
