@@ -640,8 +640,11 @@ def _run_bench(args: argparse.Namespace) -> int:
         raise CLIError(f"gsvision.bench.{args.name} has no main(args) function")
     try:
         result = module.main(list(args.args))
-    except SystemExit as exc:  # a benchmark's own argparse (--help, usage errors)
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except SystemExit as exc:  # a benchmark's own argparse (--help, usage errors), or its refusal
+        if isinstance(exc.code, int) or exc.code is None:
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 2
     return result if isinstance(result, int) else 0  # benchmarks return their results dict
 
 

@@ -104,6 +104,15 @@ def test_splat_embedding_is_permutation_invariant_and_ignores_padding():
     torch.testing.assert_close(m.encode_splats(s2), e, rtol=1e-9, atol=1e-9)
 
 
+def test_splat_tower_fuses_the_stem_projection_without_changing_the_embedding():
+    m = tiny("stem").double().eval()
+    s = random_splats([30, 12], 30, dtype=torch.float64)
+    assert m.splat.fuse_stem_kv and m.splat.stem.fusable
+    fused = m.encode_splats(s)
+    m.splat.fuse_stem_kv = False
+    torch.testing.assert_close(fused, m.encode_splats(s), rtol=1e-10, atol=1e-12)
+
+
 def test_checkpoint_round_trip(tmp_path):
     m = tiny("paper")
     with torch.no_grad():

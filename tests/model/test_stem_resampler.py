@@ -38,7 +38,12 @@ def make(dtype=torch.float32, stem_kw=None, **res_kw):
     return stem.to(dtype), res.to(dtype)
 
 
-def encode(stem, res, splats):
+def encode(stem, res, splats, fused=False):
+    """Stem then resampler; ``fused``: the stem's projection folded into the keys/values (as the
+    splat tower runs them)."""
+    if fused:
+        feats, key_padding_mask = stem(splats, project=False)
+        return res(feats, key_padding_mask, stem_proj=stem.proj)
     tokens, key_padding_mask = stem(splats)
     return res(tokens, key_padding_mask)
 
@@ -96,16 +101,18 @@ def test_gaussian_shape_matches_codec():
 
 
 @pytest.mark.parametrize(
-    "res_kw", [{}, {"token_kv": "per_layer"}, {"attn_width": 16}], ids=["shared", "layer", "narrow"]
+    "res_kw,fused",
+    [({}, False), ({}, True), ({"token_kv": "per_layer"}, False), ({"attn_width": 16}, True)],
+    ids=["shared", "fused", "layer", "narrow-fused"],
 )
-def test_padding_never_changes_the_output(res_kw):
+def test_padding_never_changes_the_output(res_kw, fused):
     stem, res = make(**res_kw)
     clean = random_splats([6, 2, 0], 6)
     dirty = with_garbage(clean, extra=5)
     assert dirty.capacity == 11 and dirty.means[1, 2:].isnan().any()
-    out_clean = encode(stem, res, clean)
+    out_clean = encode(stem, res, clean, fused)
     dirty.means.requires_grad_()
-    out_dirty = encode(stem, res, dirty)
+    out_dirty = encode(stem, res, dirty, fused)
     torch.testing.assert_close(out_dirty, out_clean, atol=1e-6, rtol=1e-5)
     # nothing of the garbage reaches the gradients either
     (out_dirty * torch.randn_like(out_dirty)).sum().backward()
@@ -115,12 +122,13 @@ def test_padding_never_changes_the_output(res_kw):
     assert grad.isfinite().all() and (grad[~dirty.mask] == 0).all()
 
 
-@pytest.mark.parametrize("token_kv", ["shared", "per_layer"])
+@pytest.mark.parametrize("token_kv", ["shared", "per_layer", "fused"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 def test_permutation_invariance(dtype, tol, token_kv):
-    stem, res = make(dtype, token_kv=token_kv)
+    fused = token_kv == "fused"
+    stem, res = make(dtype, token_kv="shared" if fused else token_kv)
     s = random_splats([9, 5, 1], 9, dtype=dtype)
-    out = encode(stem, res, s)
+    out = encode(stem, res, s, fused)
     # shuffle the valid Gaussians of each image
     perm = torch.arange(9).repeat(3, 1)
     for b, n in enumerate(s.counts.tolist()):
@@ -130,7 +138,7 @@ def test_permutation_invariance(dtype, tol, token_kv):
         return torch.gather(t, 1, perm.view(*perm.shape, *[1] * (t.dim() - 2)).expand_as(t))
 
     shuffled = Splats(take(s.means), take(s.chol), take(s.colors), s.counts, s.image_sizes)
-    torch.testing.assert_close(encode(stem, res, shuffled), out, atol=tol, rtol=tol)
+    torch.testing.assert_close(encode(stem, res, shuffled, fused), out, atol=tol, rtol=tol)
     # valid slots need not lead: scatter them among padded ones through forward_fields
     perm = torch.stack([torch.randperm(9) for _ in range(3)])
     assert not torch.equal(take(s.mask), s.mask)
@@ -172,6 +180,44 @@ def test_degenerate_valid_gaussians_stay_finite():
     s.means[0, 2] = torch.tensor([-50.0, 80.0])  # far off the image
     s.colors[0, 3] = torch.tensor([-20.0, 1e4, 0.5])
     assert encode(stem, res, s).isfinite().all()
+    assert encode(stem, res, s, fused=True).isfinite().all()
+
+
+@pytest.mark.parametrize(
+    "res_kw", [{}, {"attn_width": 16, "mlp_ratio": 0}], ids=["default", "narrow"]
+)
+def test_fused_stem_projection_equals_stem_then_resampler(res_kw):
+    """Folding the stem's projection into the LayerNorm + key/value projection is exact algebra:
+    float64 outputs and every parameter's gradient agree to rounding, for weights far from their
+    initial values (LayerNorm's γ and β included) and tokens with a large mean."""
+    torch.manual_seed(0)
+    stem, res = make(torch.float64, **res_kw)
+    with torch.no_grad():
+        for p in [*stem.parameters(), *res.parameters()]:
+            p.add_(0.3 * torch.randn_like(p))
+        stem.proj.bias.add_(2.0)  # tokens far from zero mean: LayerNorm's centring matters
+    s = with_garbage(random_splats([7, 3, 0], 7, dtype=torch.float64), extra=2)
+    weights = torch.randn(3, K, WIDTH, dtype=torch.float64)
+    grads = {}
+    for fused in (False, True):
+        for p in [*stem.parameters(), *res.parameters()]:
+            p.grad = None
+        out = encode(stem, res, s, fused)
+        (out * weights).sum().backward()
+        grads[fused] = [p.grad.clone() for p in [*stem.parameters(), *res.parameters()]]
+        if not fused:
+            ref = out.detach()
+    torch.testing.assert_close(out.detach(), ref, atol=1e-12, rtol=1e-10)
+    for g_fused, g_ref in zip(grads[True], grads[False], strict=True):
+        torch.testing.assert_close(g_fused, g_ref, atol=1e-11, rtol=1e-9)
+    # under bf16 autocast the keys/values come out in bf16, as the linear layers' would
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats, kpm = stem.float()(random_splats([4], 4), project=False)
+        kv = res.float().kv_tokens.from_features(feats, stem.proj)
+    assert kv.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="token_kv='shared'"):
+        _, per_layer = make(token_kv="per_layer")
+        per_layer(feats, kpm, stem_proj=stem.proj)
 
 
 def test_gradients_reach_every_parameter():

@@ -9,7 +9,10 @@ for each K. The splat tower's time *includes* its stem and resampler; the same p
 
 Timing: ``torch.inference_mode()``, one warm-up pass per configuration, then ``--repeats`` rounds
 with the configurations interleaved (RGB, K₁, K₂, ... each round); median and minimum per pass. On
-CPU in float32; on CUDA also bf16 autocast (``torch.cuda.synchronize`` around each pass).
+CPU in float32; on CUDA also bf16 autocast (``torch.cuda.synchronize`` around each pass), and each
+precision once more with every pass (both towers alike) captured in a CUDA graph and replayed
+(``cuda_fp32_graph``, ...; ``--no-graphs`` skips them): eager GPU timings include Python and
+kernel-launch overhead, which a front end of many small ops pays most; a graph leaves GPU time.
 
 Memory: on CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated before the pass. On
 CPU, the peak resident-set increase of one pass, measured in a fresh subprocess per configuration:
@@ -144,10 +147,40 @@ class _Split:
             h.remove()
 
 
-def _autocast(device: str, precision: str):
+def _autocast(device: str, precision: str, cache: bool = True):
     if precision == "bf16":
-        return torch.autocast(device, dtype=torch.bfloat16)
+        return torch.autocast(device, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
+
+
+def _graphed(passes: dict, precision: str) -> tuple[dict, dict[str, str]]:
+    """Each pass captured once in a CUDA graph on its fixed inputs: name → ``replay``.
+
+    Replaying a graph launches the whole pass at once, so what remains is GPU time, without the
+    Python and kernel-launch overhead of eager mode (the way a serving stack runs a model of fixed
+    shapes). Autocast's weight cache is off while capturing, as graphs require. Returns the graphed
+    passes and, by name, why a pass could not be captured.
+    """
+    graphs, errors = {}, {}
+    with torch.inference_mode(), _autocast("cuda", precision, cache=False):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up on a side stream, as capture requires
+            for fn in passes.values():
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        for name, fn in passes.items():
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    fn()
+            except Exception as exc:  # a pass that synchronises, say: reported, not timed
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                torch.cuda.synchronize()
+                continue
+            graphs[name] = graph.replay
+    return graphs, errors
 
 
 def _time(
@@ -190,22 +223,26 @@ def _summarise(runs: dict, tokens: dict, batch: int, latents: list[int]) -> dict
     }
     for k in latents:
         name = f"splat_k{k}"
-        full, stem, res = runs[name], runs[f"{name}_stem"], runs[f"{name}_resampler"]
-        front = [s + r for s, r in zip(stem, res, strict=True)]
-        rest = [f - s for f, s in zip(full, front, strict=True)]
+        if name not in runs:  # not captured (graphed mode): the reason is recorded elsewhere
+            continue
+        full = runs[name]
         med = statistics.median(full)
-        out[name] = {
-            "tokens": tokens[name],
-            "median_s": med,
-            "min_s": min(full),
-            "images_per_s": batch / med,
-            "stem_median_s": statistics.median(stem),
-            "resampler_median_s": statistics.median(res),
-            "stem_resampler_median_s": statistics.median(front),
-            "blocks_and_head_median_s": statistics.median(rest),
-            "stem_resampler_share": statistics.median(
-                [s / f for s, f in zip(front, full, strict=True)]
-            ),
+        out[name] = {"tokens": tokens[name], "median_s": med, "min_s": min(full)}
+        out[name]["images_per_s"] = batch / med
+        if f"{name}_stem" in runs:  # the split (hooks) is measured in eager mode only
+            stem, res = runs[f"{name}_stem"], runs[f"{name}_resampler"]
+            front = [s + r for s, r in zip(stem, res, strict=True)]
+            rest = [f - s for f, s in zip(full, front, strict=True)]
+            out[name].update(
+                stem_median_s=statistics.median(stem),
+                resampler_median_s=statistics.median(res),
+                stem_resampler_median_s=statistics.median(front),
+                blocks_and_head_median_s=statistics.median(rest),
+                stem_resampler_share=statistics.median(
+                    [s / f for s, f in zip(front, full, strict=True)]
+                ),
+            )
+        out[name] |= {
             "speedup_vs_rgb_median": statistics.median(rgb) / med,
             "speedup_vs_rgb_min": min(rgb) / min(full),
             # per round: each splat pass against the RGB pass of the same round
@@ -402,6 +439,8 @@ def _parse(argv):
     ap.add_argument("--flops-n", default="256,512,1024,2048",
                     help="N values for the FLOP count (batch 1; cheap), comma-separated")  # fmt: skip
     ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    ap.add_argument("--no-graphs", action="store_true",
+                    help="on CUDA, skip the CUDA-graph timings (eager only)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     ap.add_argument("--quick", action="store_true", help="tiny settings, to check the harness")
@@ -434,7 +473,7 @@ def main(argv: list[str] | None = None) -> dict:
     passes = _passes(models, images, splats)
     tokens = _tokens(models)
     full_names = ["rgb", *(f"splat_k{k}" for k in args.latents)]
-    timing, runs_all, memory = {}, {}, {}
+    timing, runs_all, memory, graph_errors = {}, {}, {}, {}
     for precision in precisions:
         key = f"{device}_{precision}"
         splits = {f"splat_k{k}": _Split(m.splat, device) for k, m in models.items()}
@@ -445,6 +484,17 @@ def main(argv: list[str] | None = None) -> dict:
         timing[key] = _summarise(runs, tokens, args.batch, args.latents)
         if device == "cuda" and not args.no_memory:
             memory[key] = _cuda_memory(passes, full_names, precision)
+        if device == "cuda" and not args.no_graphs:
+            graphed, errors = _graphed(passes, precision)
+            if "rgb" in graphed:
+                runs = _time(graphed, {}, device, f"{precision}_graph", 0, args.repeats)
+                runs_all[f"{key}_graph"] = runs
+                timing[f"{key}_graph"] = _summarise(runs, tokens, args.batch, args.latents)
+            if errors:
+                graph_errors[key] = errors
+            del graphed
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
     flops = _flops(models, images[:1], sorted({*args.flops_n, args.n}), args.seed)
     params = {
         "rgb_tower": sum(p.numel() for p in first.clip.visual.parameters()),
@@ -471,6 +521,12 @@ def main(argv: list[str] | None = None) -> dict:
         "paper_fractions": PAPER_FRACTIONS,
         "target_speedup_k98": TARGET_SPEEDUP_K98,
         "speedup_k98": headline["speedup_vs_rgb_median"] if headline else None,
+        "speedup_k98_by_mode": {
+            key: rows["splat_k98"]["speedup_vs_rgb_median"]
+            for key, rows in timing.items()
+            if "splat_k98" in rows
+        },
+        "cuda_graph_errors": graph_errors,
         "meets_target": (headline["speedup_vs_rgb_median"] >= TARGET_SPEEDUP_K98)
         if headline
         else None,

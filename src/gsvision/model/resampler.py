@@ -91,6 +91,39 @@ class TokenKV(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         return self.proj(self.ln(tokens))
 
+    def from_features(self, feats: Tensor, stem_proj: nn.Linear) -> Tensor:
+        """``self(stem_proj(feats))`` without making the width-D tokens.
+
+        The tokens are affine in the features, ``t = W f + b``, so LayerNorm's centring is too
+        (``t - mean t = W_c f + b_c``, rows of ``W`` and ``b`` centred), its variance a quadratic
+        form (``|W_c f + b_c|² / D``), and scaling then projecting one matrix: keys/values
+        ``= (P W_c f + P b_c) / σ + c`` with ``P = W_kv diag(γ)``. Per Gaussian that is F·(2A + F)
+        multiply-adds instead of F·D + D·2A (ViT-B/16: 6x fewer), and no ``[B, N, D]`` tensor.
+        Computed in float32 (float64 for float64 input), whatever autocast says; the result is
+        cast to autocast's dtype when it is on, as the linear layers' output would be.
+        """
+        w, b = stem_proj.weight, stem_proj.bias  # [D, F], [D]
+        if b is None:
+            b = w.new_zeros(w.shape[0])
+        dtype = torch.promote_types(feats.dtype, torch.float32)
+        device = feats.device.type
+        with torch.autocast(device, enabled=False):
+            w, b, f = w.to(dtype), b.to(dtype), feats.to(dtype)
+            w_c, b_c = w - w.mean(0), b - b.mean()  # centred rows: t - mean(t)
+            p = self.proj.weight.to(dtype)  # [2A, D]
+            shift = self.proj.bias.to(dtype) if self.proj.bias is not None else 0
+            if self.ln.bias is not None:
+                shift = shift + p @ self.ln.bias.to(dtype)
+            if self.ln.weight is not None:
+                p = p * self.ln.weight.to(dtype)
+            gram, wb = w_c.T @ w_c, w_c.T @ b_c  # [F, F], [F]
+            var = ((f @ gram) * f).sum(-1) + 2 * (f @ wb) + b_c @ b_c  # [B, N], times D
+            inv_sigma = torch.rsqrt((var / w.shape[0]).clamp_min(0) + self.ln.eps)
+            kv = (f @ (p @ w_c).T + p @ b_c) * inv_sigma[..., None] + shift  # [B, N, 2A]
+        if torch.is_autocast_enabled(device):
+            kv = kv.to(torch.get_autocast_dtype(device))
+        return kv
+
 
 class ResamplerBlock(nn.Module):
     """One pre-norm layer: latents ← latents + attn(latents → [null; tokens; latents]); + MLP."""
@@ -170,18 +203,28 @@ class PerceiverResampler(nn.Module):
 
     def forward(
         self,
-        tokens: Tensor,  # [B, N, D]
+        tokens: Tensor,  # [B, N, D], or [B, N, F] stem features with stem_proj
         key_padding_mask: Tensor | None = None,  # [B, N] bool, True = padded; None: all valid
+        stem_proj: nn.Linear | None = None,  # the stem's projection, fused into the keys/values
     ) -> Tensor:  # [B, K, D]
-        """Resample; padded tokens may hold anything (they are zeroed before use)."""
+        """Resample; padded tokens may hold anything finite (they are zeroed or masked).
+
+        With ``stem_proj`` (shared keys/values only), ``tokens`` are the stem's features and
+        the tokens ``stem_proj(features)`` are never made: the same result up to rounding, with
+        less arithmetic and memory (:meth:`TokenKV.from_features`).
+        """
         b = tokens.shape[0]
         if key_padding_mask is None:
             key_padding_mask = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         key_padding_mask = key_padding_mask.bool()
-        # masked keys get zero weight, but 0 · NaN is NaN: garbage must not reach the values at all
-        tokens = tokens.masked_fill(key_padding_mask[..., None], 0.0)
-        if self.kv_tokens is not None:
-            tokens = self.kv_tokens(tokens)  # [B, N, 2A], once for every layer
+        if stem_proj is not None:
+            if self.kv_tokens is None:
+                raise ValueError("PerceiverResampler: stem_proj needs token_kv='shared'")
+            tokens = self.kv_tokens.from_features(tokens, stem_proj)  # [B, N, 2A]
+        else:  # masked keys get zero weight, but 0 · NaN is NaN: zero what is padded
+            tokens = tokens.masked_fill(key_padding_mask[..., None], 0.0)
+            if self.kv_tokens is not None:
+                tokens = self.kv_tokens(tokens)  # [B, N, 2A], once for every layer
         x = self.latents.to(tokens.dtype).expand(b, -1, -1)  # [B, K, D]
         for block in self.blocks:
             x = block(x, tokens, key_padding_mask, self.kv_tokens)

@@ -110,11 +110,11 @@ def fourier_features(
     return torch.cat([x, torch.sin(angles).flatten(-2), torch.cos(angles).flatten(-2)], -1)
 
 
-def _log_freqs(n: int, lo: float, hi: float, ref: Tensor) -> Tensor:
+def _log_freqs(n: int, lo: float, hi: float) -> Tensor:
     """``n`` log-spaced frequencies from ``lo`` to ``hi`` (``[lo]`` for one, none for zero)."""
     if n == 1:
-        return ref.new_tensor([lo])
-    return torch.logspace(math.log10(lo), math.log10(hi), n, dtype=ref.dtype, device=ref.device)
+        return torch.tensor([lo], dtype=torch.float64)
+    return torch.logspace(math.log10(lo), math.log10(hi), n, dtype=torch.float64)
 
 
 class SplatStem(nn.Module):
@@ -134,13 +134,29 @@ class SplatStem(nn.Module):
             )
         else:
             self.proj = nn.Linear(cfg.in_features, cfg.width)
+        # constants as (non-saved) buffers: they follow .to(device), and a forward pass copies
+        # nothing from the host (so it can be captured in a CUDA graph)
+        pos_f = _log_freqs(cfg.pos_freqs, cfg.pos_min_freq, cfg.pos_max_freq)
+        attr_f = _log_freqs(cfg.attr_freqs, cfg.attr_min_freq, cfg.attr_max_freq)
+        self.register_buffer("pos_freqs", pos_f, persistent=False)
+        self.register_buffer("attr_freqs", attr_f, persistent=False)
+        self.register_buffer("dummy_chol", torch.tensor(_DUMMY_CHOL), persistent=False)
 
-    def forward(self, splats: Splats) -> tuple[Tensor, Tensor]:
+    @property
+    def fusable(self) -> bool:
+        """True when the projection is one linear map, which a following (normalised) linear map
+        can absorb: :meth:`forward` with ``project=False`` then hands over the features."""
+        return isinstance(self.proj, nn.Linear)
+
+    def forward(self, splats: Splats, project: bool = True) -> tuple[Tensor, Tensor]:
         """Tokens for a :class:`Splats` batch.
 
         Returns:
             ``tokens`` ``[B, N, width]`` (zero at padded slots) and ``key_padding_mask`` ``[B, N]``
-            bool, True at padded slots (as ``nn.MultiheadAttention`` expects).
+            bool, True at padded slots (as ``nn.MultiheadAttention`` expects). With
+            ``project=False``, the features :meth:`features` makes instead of the tokens
+            (``[B, N, cfg.in_features]``, dummies at padded slots), for a caller that fuses the
+            projection into its own (the splat tower: :meth:`TokenKV.from_features`).
         """
         opacities = None
         if self.cfg.include_opacity:
@@ -149,7 +165,11 @@ class SplatStem(nn.Module):
                 opacities = torch.ones_like(splats.colors[..., :1])
         else:
             splats = splats.fold_opacity()
-        return self.forward_fields(splats.means, splats.chol, splats.colors, splats.mask, opacities)
+        fields = (splats.means, splats.chol, splats.colors, splats.mask, opacities)
+        if not project:
+            valid = splats.mask
+            return self.features(*fields[:3], valid, opacities), ~valid
+        return self.forward_fields(*fields)
 
     def features(
         self,
@@ -164,7 +184,7 @@ class SplatStem(nn.Module):
         dtype = torch.promote_types(means.dtype, torch.float32)  # never square σ in half precision
         keep = valid[..., None]
         means = torch.where(keep, means.to(dtype), 0.5)
-        chol = torch.where(keep, chol.to(dtype), means.new_tensor(_DUMMY_CHOL))
+        chol = torch.where(keep, chol.to(dtype), self.dummy_chol.to(dtype))
         pos = means.clamp(-1.0, 2.0) - 0.5  # [B, N, 2], image centre at 0
         log_sigma, orient = gaussian_shape(chol, cfg.orient_by_anisotropy)
         attrs = [(log_sigma - cfg.log_scale_center) / cfg.log_scale_spread, orient]
@@ -179,8 +199,7 @@ class SplatStem(nn.Module):
             opacities = torch.where(keep, opacities.to(dtype), 1.0)
             attrs.append(2 * (opacities.clamp(0.0, 1.0) - 0.5))
         attrs = torch.cat(attrs, -1)  # [B, N, num_attrs]
-        pos_f = _log_freqs(cfg.pos_freqs, cfg.pos_min_freq, cfg.pos_max_freq, pos)
-        attr_f = _log_freqs(cfg.attr_freqs, cfg.attr_min_freq, cfg.attr_max_freq, pos)
+        pos_f, attr_f = self.pos_freqs.to(dtype), self.attr_freqs.to(dtype)
         return torch.cat([fourier_features(pos, pos_f), fourier_features(attrs, attr_f)], -1)
 
     def forward_fields(
