@@ -88,6 +88,28 @@ def test_converts_good_samples_and_reports_every_bad_one(tmp_path):
     assert sample.files["txt"].decode() == meta["caption"]
 
 
+def test_encoding_beside_the_fitting_writes_the_same_shards(tmp_path):
+    """``overlap`` (on by default on a GPU) moves encoding and writing to a second thread; the
+    shards, stats and bad-input reports must not change, nor a byte target's budgets."""
+    make_image_text_shards(tmp_path / "in", shards=3, per_shard=5, faults=FAULTS)
+    pattern = str(tmp_path / "in" / "{00000..00003}.tar")
+    for cfg in (TINY, ConvertConfig(**{**TINY.__dict__, "bytes": 200})):
+        runs = {}
+        for overlap in (False, True):
+            out = tmp_path / f"out-{cfg.bytes}-{overlap}"
+            summary = convert(pattern, out, ConvertConfig(**{**cfg.__dict__, "overlap": overlap}))
+            shards = {
+                tar.name: [(s.key, s.files["gsv"], s.files["txt"]) for s in iter_samples(str(tar))]
+                for tar in sorted(out.glob("*.tar"))
+            }
+            stats = {p.name: json.loads(p.read_text()) for p in sorted(out.glob("*_stats.json"))}
+            runs[overlap] = (shards, stats, summary["images_converted"], summary["skipped"])
+        assert runs[True] == runs[False]
+        assert runs[True][2] > 0 and len(runs[True][3]) >= 3
+        if cfg.bytes:
+            assert all(len(gsv) <= 200 for rows in runs[True][0].values() for _, gsv, _ in rows)
+
+
 def test_rerun_skips_complete_shards_and_redoes_partial_ones(tmp_path):
     make_image_text_shards(tmp_path / "in", shards=3, per_shard=3)
     pattern = str(tmp_path / "in" / "{00000..00002}.tar")

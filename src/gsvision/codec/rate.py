@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ __all__ = [
     "encode_closed_loop",
     "encode_closed_loop_batch",
     "fit_and_encode",
+    "fit_then_encoder",
     "trim_to_bytes",
 ]
 
@@ -256,13 +257,41 @@ def fit_and_encode(
         images = [images]
     if target.psnr is not None:
         return _fit_to_psnr(images, target.psnr, level, n_gaussians, fit_kwargs)
-    if target.kind is None:
-        result = fit(images, n_gaussians, **fit_kwargs)
-        return _coded_batch(result, level, target)
-    return _fit_to_budget(images, target, level, fit_kwargs)
+    return fit_then_encoder(images, target, level, n_gaussians, **fit_kwargs)()
 
 
-def _fit_to_budget(images, target: RateTarget, level, fit_kwargs) -> list[CodedImage]:
+def fit_then_encoder(
+    images: Sequence[Any] | Tensor,
+    target: RateTarget | None = None,
+    level: str | QuantSpec = "medium",
+    n_gaussians: int = 1024,
+    **fit_kwargs: Any,
+) -> Callable[[], list[CodedImage]]:
+    """:func:`fit_and_encode` in two steps: fit now, and return the encoding (a closure) to run
+    later, e.g. on another thread while the next batch fits on a GPU (the conversion job does).
+
+    Byte and ratio targets only: a PSNR target must encode to choose the next N.
+
+    Raises:
+        ValueError: for a PSNR target, and as :func:`fit_and_encode`.
+    """
+    target = (target or RateTarget()).check()
+    if target.psnr is not None:
+        raise ValueError(
+            "fit_then_encoder: a PSNR target needs fit_and_encode (it encodes to decide)"
+        )
+    resolve_level(level)
+    if isinstance(images, (Tensor, np.ndarray)) and images.ndim == 3:
+        images = [images]
+    budgets = None
+    if target.kind is not None:
+        n_gaussians, budgets = _budget_n(images, target, level, fit_kwargs)
+    result = fit(images, n_gaussians, **fit_kwargs)
+    return lambda: _coded_batch(result, level, target, budgets)
+
+
+def _budget_n(images, target: RateTarget, level, fit_kwargs) -> tuple[int, list[int]]:
+    """Gaussians per image for a byte budget (the smallest image's), and each image's budget."""
     from gsvision.fit.loop import prepare_images
 
     _, sizes = prepare_images(images, fit_kwargs.get("size"))
@@ -274,9 +303,7 @@ def _fit_to_budget(images, target: RateTarget, level, fit_kwargs) -> list[CodedI
             f"a budget of {smallest} bytes per image is below what one Gaussian needs at level "
             f"{level!r} (~{_OVERHEAD + bytes_per_gaussian(level):.0f} bytes)"
         )
-    n = min(n, int(sizes.prod(1).min()))
-    result = fit(images, n, **fit_kwargs)
-    return _coded_batch(result, level, target, budgets)
+    return min(n, int(sizes.prod(1).min())), budgets
 
 
 def _fit_to_psnr(images, goal: float, level, n_max: int, fit_kwargs) -> list[CodedImage]:

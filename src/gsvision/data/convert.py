@@ -71,10 +71,13 @@ class ConvertConfig:
     resume: bool = False  # continue in a folder that holds another job's files
     progress: bool = True
     keep_image: bool = False  # also write the source image bytes (for distillation, evaluation)
+    # encode and write each batch on a second thread while the next one fits; None: on a GPU
+    # (there the CPU is otherwise idle while fitting; on CPU the fitter already has every core)
+    overlap: bool | None = None
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same job (everything that changes the output)."""
-        skip = {"workers", "resume", "progress", "backend", "batch"}
+        skip = {"workers", "resume", "progress", "backend", "batch", "overlap"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -344,9 +347,14 @@ def _convert_shard(work, name, out: Path, cfg, device, timings, bar, rank) -> No
         "psnr_sum": 0.0,
         "error": None,
     }
-    with ShardWriter(out / f"{name}.tar", tag=f"rank{rank}") as writer:
+    overlap = cfg.overlap if cfg.overlap is not None else str(device or "").startswith("cuda")
+    with (
+        ShardWriter(out / f"{name}.tar", tag=f"rank{rank}") as writer,
+        _Encoder(overlap and cfg.psnr is None, timings) as encoder,
+    ):
         for value in _batches(work, timings):
             if isinstance(value, tuple):  # the end of the shard
+                encoder.drain()
                 if value[1] is not None:
                     stats["error"], cut = value[1]
                     if cut is not None:  # the sample the damage cut off
@@ -354,7 +362,8 @@ def _convert_shard(work, name, out: Path, cfg, device, timings, bar, rank) -> No
                             {"key": cut, "reason": "shard truncated or corrupt"}
                         )
                 break
-            _convert_batch(value, writer, stats, cfg, device, timings, bar)
+            _convert_batch(value, writer, stats, cfg, device, timings, bar, encoder)
+        encoder.drain()
         t0 = time.perf_counter()
         writer.commit()
         timings["write"] += time.perf_counter() - t0
@@ -363,14 +372,65 @@ def _convert_shard(work, name, out: Path, cfg, device, timings, bar, rank) -> No
     _write_json(out / f"{name}_stats.json", stats)
 
 
-def _convert_batch(items: list[_Item], writer, stats, cfg, device, timings, bar) -> None:
+class _Encoder:
+    """Runs each batch's encode-and-write on one background thread, in order, one batch behind
+    the fitter (``enabled=False``: inline). Errors surface in the main thread at the next
+    :meth:`submit` or :meth:`drain`."""
+
+    def __init__(self, enabled: bool, timings: Counter):
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="gsv-encode") if enabled else None
+        self.pending = None
+        self.timings = timings
+
+    def submit(self, fn) -> None:
+        if self.pool is None:
+            fn()
+            return
+        self.drain()  # at most one batch encoding while the next one fits: bounded memory
+        self.pending = self.pool.submit(fn)
+
+    def drain(self) -> None:
+        if self.pending is not None:
+            t0 = time.perf_counter()
+            pending, self.pending = self.pending, None
+            pending.result()
+            self.timings["wait_encode"] += time.perf_counter() - t0  # the fitter waited
+
+    def __enter__(self) -> _Encoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                self.drain()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+
+
+def _convert_batch(
+    items: list[_Item], writer, stats, cfg, device, timings, bar, encoder: _Encoder
+) -> None:
     timings["decode"] += sum(i.decode_seconds for i in items)
     for item in items:
         if item.skip is not None:
             stats["skipped"].append({"key": item.key, "reason": item.skip})
             print(f"gsvision convert: skipping {item.key}: {item.skip}", file=sys.stderr)
     good = [i for i in items if i.skip is None]
+    if encoder.pool is not None and good:
+        finish = _fit_deferred(good, cfg, device, timings)
+        if finish is not None:
+            encoder.submit(
+                lambda: _write_batch(
+                    items, good, _encode(finish, timings), writer, stats, timings, bar
+                )
+            )
+            return
     coded = _fit(good, cfg, device, timings) if good else []
+    encoder.submit(lambda: _write_batch(items, good, coded, writer, stats, timings, bar))
+
+
+def _write_batch(items, good, coded, writer, stats, timings, bar) -> None:
     t0 = time.perf_counter()
     for item, result in zip(good, coded, strict=True):
         if isinstance(result, str):
@@ -413,6 +473,33 @@ def _fit(items: list[_Item], cfg: ConvertConfig, device, timings) -> list:
     timings["fit"] += spent - encode
     timings["encode"] += encode
     timings["images"] += len(items)
+    return coded
+
+
+def _fit_deferred(items: list[_Item], cfg: ConvertConfig, device, timings):
+    """Fit a batch now and return its encoding step, or None when the fitter rejects the batch
+    (the caller then goes image by image through :func:`_fit`)."""
+    from gsvision.codec.rate import RateTarget, fit_then_encoder
+
+    target = RateTarget(cfg.bytes, cfg.ratio, cfg.psnr)
+    kwargs = {"iters": cfg.iters, "size": cfg.size, "seed": cfg.seed, "backend": cfg.backend}
+    t0 = time.perf_counter()
+    try:
+        finish = fit_then_encoder(
+            [i.image for i in items], target, cfg.level, cfg.n_gaussians, device=device, **kwargs
+        )
+    except ValueError:
+        finish = None
+    timings["fit"] += time.perf_counter() - t0
+    if finish is not None:
+        timings["images"] += len(items)
+    return finish
+
+
+def _encode(finish, timings) -> list:
+    t0 = time.perf_counter()
+    coded = finish()
+    timings["encode"] += time.perf_counter() - t0  # on the encoder thread, beside the fitting
     return coded
 
 
@@ -490,7 +577,7 @@ def _summarise(out: Path, names: list[str], world: int) -> dict[str, Any]:
         "wall_seconds": wall,
         "images_per_second_this_run": timings["images"] / wall if wall else None,
         "seconds_by_stage": {
-            k: timings[k] for k in ("decode", "wait_input", "fit", "encode", "write")
+            k: timings[k] for k in ("decode", "wait_input", "fit", "encode", "write", "wait_encode")
         },
         "world_size": world,
         "job": hashlib.sha256(json.dumps(names).encode()).hexdigest()[:12],

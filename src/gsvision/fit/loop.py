@@ -372,12 +372,16 @@ def _run(images, size, cfg: FitConfig, device: torch.device, progress: bool) -> 
         scale = _cosine(step, cfg.iters, cfg.lr_final)
         for group, rate in zip(opt.param_groups, rates, strict=True):
             group["lr"] = rate * scale
-        idx = active.nonzero()[:, 0].to(device)
+        # while every image is active, the step takes the parameters whole (no gather, no
+        # scatter, no host-device synchronisation: on a GPU those per-step costs add up)
+        everyone = bool(active.all())
+        idx = None if everyone else active.nonzero()[:, 0].to(device)
         err = _step(opt, params, idx, counts, targets, pixel_mask, n_pixels, cfg, (h, w))
         with torch.no_grad():
-            # Frozen images' parameters stay put even though Adam's momentum would move them.
-            for p, f in zip(params, frozen, strict=True):
-                p[~active.to(device)] = f[~active.to(device)]
+            if not everyone:  # frozen images stay put even though Adam's momentum would move them
+                keep = active.to(device)
+                for p, f in zip(params, frozen, strict=True):
+                    p.copy_(torch.where(keep.view(-1, *[1] * (p.dim() - 1)), p, f))
             params[1][..., 0].clamp_(lo, hi)
             params[1][..., 2].clamp_(lo, hi)
         iterations[active] += 1
@@ -455,12 +459,17 @@ def _check_config(cfg: FitConfig) -> None:
 
 
 def _step(opt, params, idx, counts, targets, pixel_mask, n_pixels, cfg, hw) -> Tensor:
-    """One Adam step on the images ``idx``; returns their per-image MSE ``[len(idx)]``."""
-    means_px, chol_px, colors = (p[idx] for p in params)
-    splats = _splats(means_px, chol_px, colors, counts[idx], hw)
+    """One Adam step on the images ``idx`` (``None``: all); returns their per-image MSE."""
+    if idx is not None:
+        params = [p[idx] for p in params]
+        counts, targets, pixel_mask, n_pixels = (
+            t[idx] for t in (counts, targets, pixel_mask, n_pixels)
+        )
+    means_px, chol_px, colors = params
+    splats = _splats(means_px, chol_px, colors, counts, hw)
     out = render(splats, *hw, cfg.backend)
-    diff = (out - targets[idx]) * pixel_mask[idx, ..., None]
-    err = (diff * diff).flatten(1).sum(1) / (3 * n_pixels[idx])  # [b] per-image MSE
+    diff = (out - targets) * pixel_mask[..., None]
+    err = (diff * diff).flatten(1).sum(1) / (3 * n_pixels)  # [b] per-image MSE
     loss = err.sum()
     if cfg.l1 > 0:
         loss = loss + cfg.l1 * l1_penalty(colors, splats.mask).sum()
