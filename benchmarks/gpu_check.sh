@@ -24,7 +24,7 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 QUICK=${QUICK:-}
 q=${QUICK:+--quick}
 
-STEPS=" ${STEPS:-tests raster_gpu model fit convert serve} "  # which steps to run
+STEPS=" ${STEPS:-tests raster_gpu model fit convert convert_inline serve} "  # which steps to run
 step() {  # step NAME SECONDS CMD...: run CMD with a time limit, report its status
     local name=$1 limit=$2
     shift 2
@@ -66,5 +66,9 @@ step fit 120 "$PY" -m gsvision.cli bench fit --sections quality batch --inits gr
 convert_args=${CONVERT_ARGS:---shards 4 --per-shard 128 --batch 128 --workers 4}
 [ -n "$QUICK" ] && convert_args=--quick
 step convert 90 "$PY" -m gsvision.cli bench convert --out "$OUT" $convert_args
+# the same job with encoding inline (no second thread), side by side
+mkdir -p "$OUT/inline"
+step convert_inline 90 "$PY" -m gsvision.cli bench convert --out "$OUT/inline" $convert_args \
+    --overlap off
 step serve 90 "$PY" -m gsvision.cli bench serve --out "$OUT" $q
 ls -la "$OUT"
