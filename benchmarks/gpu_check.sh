@@ -24,7 +24,7 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 QUICK=${QUICK:-}
 q=${QUICK:+--quick}
 
-STEPS=" ${STEPS:-tests raster_gpu model fit convert convert_inline serve} "  # which steps to run
+STEPS=" ${STEPS:-tests raster_gpu model fit convert convert_overlap serve} "  # which steps to run
 step() {  # step NAME SECONDS CMD...: run CMD with a time limit, report its status
     local name=$1 limit=$2
     shift 2
@@ -65,10 +65,12 @@ step fit 120 "$PY" -m gsvision.cli bench fit --sections quality batch --inits gr
 # a GPU fits a batch of 128 in about the time it fits 16: give it enough images to show it
 convert_args=${CONVERT_ARGS:---shards 4 --per-shard 128 --batch 128 --workers 4}
 [ -n "$QUICK" ] && convert_args=--quick
+# a warm-up (Triton and numba compile on first use), then the job, then the same job with encoding
+# on a second thread (--overlap), side by side
+step convert 20 "$PY" -m gsvision.cli bench convert --quick --out /tmp/gsv-warm-up
 step convert 90 "$PY" -m gsvision.cli bench convert --out "$OUT" $convert_args
-# the same job with encoding inline (no second thread), side by side
-mkdir -p "$OUT/inline"
-step convert_inline 90 "$PY" -m gsvision.cli bench convert --out "$OUT/inline" $convert_args \
-    --overlap off
+mkdir -p "$OUT/overlap"
+step convert_overlap 90 "$PY" -m gsvision.cli bench convert --out "$OUT/overlap" $convert_args \
+    --overlap
 step serve 90 "$PY" -m gsvision.cli bench serve --out "$OUT" $q
 ls -la "$OUT"

@@ -89,7 +89,7 @@ def test_converts_good_samples_and_reports_every_bad_one(tmp_path):
 
 
 def test_encoding_beside_the_fitting_writes_the_same_shards(tmp_path):
-    """``overlap`` (on by default on a GPU) moves encoding and writing to a second thread; the
+    """``overlap`` (off by default) moves encoding and writing to a second thread; the
     shards, stats and bad-input reports must not change, nor a byte target's budgets."""
     make_image_text_shards(tmp_path / "in", shards=3, per_shard=5, faults=FAULTS)
     pattern = str(tmp_path / "in" / "{00000..00003}.tar")

@@ -3,9 +3,9 @@
 Reports images per second at 224×224 with 1,024 Gaussians, the time spent per stage (decoding runs
 in background threads, so it overlaps fitting; ``wait_input`` is the time the fitter sat idle
 waiting for decoded images), and the share of wall time spent fitting — the CPU analogue of the
-GPU utilisation the paper reports. On a GPU, encoding and writing run on a second thread beside the
-fitting (``--overlap``; ``wait_encode`` is the time the fitter waited for it), so the stage times
-can add up to more than the wall time. Writes ``benchmarks/results/convert.json``.
+GPU utilisation the paper reports. With ``--overlap`` encoding and writing run on a second thread
+beside the fitting (``wait_encode`` is the time the fitter waited for it), so the stage times can
+add up to more than the wall time. Writes ``benchmarks/results/convert.json``.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--level", default="medium")
-    ap.add_argument("--overlap", choices=["auto", "on", "off"], default="auto",
-                    help="encode beside the fitting (auto: on a GPU)")  # fmt: skip
+    ap.add_argument("--overlap", action="store_true",
+                    help="encode and write on a second thread beside the fitting")  # fmt: skip
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     ap.add_argument("--quick", action="store_true", help="tiny settings, to check the harness")
     args = ap.parse_args(argv)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch=args.batch,
         workers=args.workers,
         progress=False,
-        overlap={"auto": None, "on": True, "off": False}[args.overlap],
+        overlap=args.overlap,
     )
     with tempfile.TemporaryDirectory(prefix="gsv-bench-convert-") as tmp:
         root = Path(tmp)

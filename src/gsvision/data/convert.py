@@ -71,9 +71,10 @@ class ConvertConfig:
     resume: bool = False  # continue in a folder that holds another job's files
     progress: bool = True
     keep_image: bool = False  # also write the source image bytes (for distillation, evaluation)
-    # encode and write each batch on a second thread while the next one fits; None: on a GPU
-    # (there the CPU is otherwise idle while fitting; on CPU the fitter already has every core)
-    overlap: bool | None = None
+    # encode and write each batch on a second thread while the next one fits (for GPU fitting;
+    # on CPU the fitter already has every core). Off by default: its one GPU measurement (H200,
+    # docs/benchmarks.md) was no faster, confounded by first-use compilation on that thread
+    overlap: bool = False
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same job (everything that changes the output)."""
@@ -347,10 +348,9 @@ def _convert_shard(work, name, out: Path, cfg, device, timings, bar, rank) -> No
         "psnr_sum": 0.0,
         "error": None,
     }
-    overlap = cfg.overlap if cfg.overlap is not None else str(device or "").startswith("cuda")
     with (
         ShardWriter(out / f"{name}.tar", tag=f"rank{rank}") as writer,
-        _Encoder(overlap and cfg.psnr is None, timings) as encoder,
+        _Encoder(cfg.overlap and cfg.psnr is None, timings) as encoder,
     ):
         for value in _batches(work, timings):
             if isinstance(value, tuple):  # the end of the shard
