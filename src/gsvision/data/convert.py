@@ -451,17 +451,24 @@ def _write_batch(items, good, coded, writer, stats, timings, bar) -> None:
         bar.set_postfix(psnr=f"{stats['psnr_sum'] / done:.2f}", skipped=len(stats["skipped"]))
 
 
-def _fit(items: list[_Item], cfg: ConvertConfig, device, timings) -> list:
-    """Fit and encode a batch; a batch the fitter rejects is retried image by image."""
-    from gsvision.codec.rate import RateTarget, fit_and_encode
+def _fit_call(fn, items: list[_Item], cfg: ConvertConfig, device):
+    """``fn`` (:func:`fit_and_encode` or :func:`fit_then_encoder`) on a batch, with the job's
+    fit and codec settings."""
+    from gsvision.codec.rate import RateTarget
 
     target = RateTarget(cfg.bytes, cfg.ratio, cfg.psnr)
     kwargs = {"iters": cfg.iters, "size": cfg.size, "seed": cfg.seed, "backend": cfg.backend}
+    images = [i.image for i in items]
+    return fn(images, target, cfg.level, cfg.n_gaussians, device=device, **kwargs)
+
+
+def _fit(items: list[_Item], cfg: ConvertConfig, device, timings) -> list:
+    """Fit and encode a batch; a batch the fitter rejects is retried image by image."""
+    from gsvision.codec.rate import fit_and_encode
+
     t0 = time.perf_counter()
     try:
-        coded = fit_and_encode(
-            [i.image for i in items], target, cfg.level, cfg.n_gaussians, device=device, **kwargs
-        )
+        coded = _fit_call(fit_and_encode, items, cfg, device)
     except ValueError as exc:
         if len(items) == 1:
             timings["fit"] += time.perf_counter() - t0
@@ -479,15 +486,11 @@ def _fit(items: list[_Item], cfg: ConvertConfig, device, timings) -> list:
 def _fit_deferred(items: list[_Item], cfg: ConvertConfig, device, timings):
     """Fit a batch now and return its encoding step, or None when the fitter rejects the batch
     (the caller then goes image by image through :func:`_fit`)."""
-    from gsvision.codec.rate import RateTarget, fit_then_encoder
+    from gsvision.codec.rate import fit_then_encoder
 
-    target = RateTarget(cfg.bytes, cfg.ratio, cfg.psnr)
-    kwargs = {"iters": cfg.iters, "size": cfg.size, "seed": cfg.seed, "backend": cfg.backend}
     t0 = time.perf_counter()
     try:
-        finish = fit_then_encoder(
-            [i.image for i in items], target, cfg.level, cfg.n_gaussians, device=device, **kwargs
-        )
+        finish = _fit_call(fit_then_encoder, items, cfg, device)
     except ValueError:
         finish = None
     timings["fit"] += time.perf_counter() - t0
