@@ -10,7 +10,7 @@ def test_bench_load_quick_writes_its_json(tmp_path):
     assert set(data["throughput"]) == {"1", "2"}
     for row in data["throughput"].values():
         assert row["rgb_samples_per_s"] > 0 and row["splat_medium_samples_per_s"] > 0
-        assert row["speedup_splat_medium"] > 0
+        assert row["speedup_splat_medium"] > 0 and row["speedup_splat_medium_ring"] > 0
     assert data["bytes"]["jpeg"]["samples"] == data["bytes"]["splat_medium"]["samples"] == 12
     # both source sizes by default: the crawl's small images and DataComp's 512 px ones
     assert data["bytes"]["jpeg_datacomp"]["samples"] == 12

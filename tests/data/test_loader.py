@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from gsvision.codec import CodecError, encode
 from gsvision.data.loader import (
+    SplatLoader,
     collate_splats,
     decode_splat_sample,
     extract_splat_sample,
@@ -226,6 +227,62 @@ def test_dataloader_with_two_workers_yields_every_sample_once(shards):
         sizes.append(len(ks))
     assert sorted(keys) == _good_keys() and len(keys) == len(set(keys))
     assert sum(sizes) == len(_good_keys()) and max(sizes) == 3
+
+
+def _rows(batches) -> dict:
+    """key → that image's fields (copied), from ``(Splats, texts, keys)`` batches."""
+    out = {}
+    for splats, texts, keys in batches:
+        for i, key in enumerate(keys):
+            one = splats[i]
+            fields = [one.means, one.chol, one.colors, one.counts, one.image_sizes]
+            if one.opacities is not None:
+                fields.append(one.opacities)
+            out[key] = ([f.clone() for f in fields], texts[i])
+    return out
+
+
+def test_splat_loader_hands_over_the_same_batches_through_its_shared_buffers(tmp_path):
+    """More batches per worker than buffer slots: every batch kept to the end must still hold
+    its own values (a slot rewritten before it was copied out would show), with and without
+    opacities, and equal what the pipeline yields in-process."""
+    urls = []
+    for s in range(2):
+        with ShardWriter(tmp_path / f"{s:05d}.tar") as w:
+            for i in range(14):
+                one = _splats(3 + (i * 5) % 11, seed=100 * s + i)
+                if s == 1:  # this shard's images keep an opacity each
+                    one = Splats(one.means, one.chol, one.colors, one.counts, one.image_sizes,
+                                 torch.rand(1, one.capacity, 1))  # fmt: skip
+                payload = encode(one, "lossless")
+                w.write(_key(s, i), {"gsv": payload, "txt": f"caption {_key(s, i)}"})
+            urls.append(str(w.commit()))
+    pipeline = splat_pipeline(urls, n=16, batch_size=2, with_keys=True)
+    expected = _rows(iter(pipeline))
+    assert len(expected) == 28
+    loader = SplatLoader(pipeline, num_workers=2, prefetch_factor=1)
+    assert loader.ring["fields"].shape[:2] == (2, 3)  # 3 slots per worker, 7 batches each
+    batches = list(loader)
+    assert all(isinstance(b[0], Splats) and b[0].means.is_contiguous() for b in batches)
+    got = _rows(batches)
+    assert got.keys() == expected.keys()
+    for key, (fields, text) in expected.items():
+        assert got[key][1] == text
+        assert len(got[key][0]) == len(fields)  # opacities exactly where they were
+        for a, b in zip(got[key][0], fields, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert len(list(SplatLoader(pipeline, num_workers=0))) == len(batches)  # no workers: as is
+
+
+def test_splat_loader_refuses_batches_its_buffers_cannot_hold(shards):
+    class Bigger(torch.utils.data.IterableDataset):  # says n=4 but yields 8 slots
+        n, batch_size = 4, 3
+
+        def __iter__(self):
+            yield from splat_pipeline(shards, n=8, batch_size=3, handler=wds.ignore_and_continue)
+
+    with pytest.raises(ValueError, match="does not fit the loader's buffers"):
+        list(SplatLoader(Bigger(), num_workers=1))
 
 
 def test_shuffled_and_resampled_pipelines(shards):

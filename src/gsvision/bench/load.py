@@ -4,8 +4,10 @@ Side by side in one run, on the same samples: open_clip's way (PIL-decode each J
 resize + centre crop to 224, to tensor, normalise; batches of ``[B, 3, 224, 224]``) against
 :class:`~gsvision.data.loader.SplatDataset` (decode each batch's ``.gsv`` payloads in one pass with
 :func:`~gsvision.codec.decode_batch`, bring them to ``N`` slots; batches of ``Splats [B, N]``), both through ``torch.utils.data.DataLoader(pipeline, batch_size=None,
-num_workers=k)`` for k = 1 and 2, persistent workers, the warm-up epoch excluded. Rounds are
-interleaved and the median is reported.
+num_workers=k)`` for k = 1 and 2, persistent workers, the warm-up epoch excluded; the headline
+level also through :class:`~gsvision.data.loader.SplatLoader` (``splat_<level>_ring``: the same
+pipeline, batches handed over through shared buffers made once; the training loader, and the
+headline speed-up). Rounds are interleaved and the median is reported.
 
 The splat shards are fitted cheaply (a few iterations after the structured init): what a loader
 costs depends on ``N`` and the payload size, not on how well the Gaussians fit, and a full fit of
@@ -140,9 +142,15 @@ def _shard_bytes(urls: list[str], ext: str) -> dict:
     }
 
 
-def _throughput(pipeline, workers: int, epochs: int) -> float:
-    """Samples per second over ``epochs`` after one warm-up epoch (persistent workers)."""
-    loader = DataLoader(pipeline, batch_size=None, num_workers=workers, persistent_workers=True)
+def _throughput(pipeline, workers: int, epochs: int, ring: bool = False) -> float:
+    """Samples per second over ``epochs`` after one warm-up epoch (persistent workers); ``ring``:
+    through :class:`~gsvision.data.loader.SplatLoader` instead of a plain ``DataLoader``."""
+    if ring:
+        from gsvision.data.loader import SplatLoader
+
+        loader = SplatLoader(pipeline, num_workers=workers, persistent_workers=True)
+    else:
+        loader = DataLoader(pipeline, batch_size=None, num_workers=workers, persistent_workers=True)
 
     _epoch(loader)  # warm-up: starts the workers, imports, page cache
     t0 = time.perf_counter()
@@ -291,6 +299,9 @@ def main(argv: list[str] | None = None) -> dict:
             loaders[f"splat_{level}"] = lambda urls=urls: splat_pipeline(
                 urls, n=args.n, batch_size=args.batch_size
             )
+        # the headline level also through SplatLoader (shared-memory ring; what training uses)
+        loaders[f"splat_{args.levels[0]}_ring"] = loaders[f"splat_{args.levels[0]}"]
+        splat_names = [n.removeprefix("splat_") for n in loaders if n.startswith("splat_")]
         runs: dict[str, dict[str, list[float]]] = {
             str(w): {name: [] for name in loaders} for w in args.workers
         }
@@ -298,21 +309,21 @@ def main(argv: list[str] | None = None) -> dict:
         for r in range(args.repeats):
             for w in args.workers:
                 for name, make in loaders.items():  # interleaved, so drift hits all alike
-                    rate = _throughput(make(), w, args.epochs)
+                    rate = _throughput(make(), w, args.epochs, ring=name.endswith("_ring"))
                     runs[str(w)][name].append(rate)
                     print(f"  round {r} workers={w} {name}: {rate:.0f} samples/s", flush=True)
         breakdown = _breakdown(
             jpg_urls, splat_urls[args.levels[0]], args.n, args.batch_size, repeat=2
         )
 
-    headline = f"splat_{args.levels[0]}"
+    headline = f"splat_{args.levels[0]}_ring"
     throughput = {}
     for w, by_name in runs.items():
         row = {f"{name}_samples_per_s": statistics.median(v) for name, v in by_name.items()}
         for src in args.sources:  # speedup_<splat> against the headline source, then the others
             prefix = "" if rgb[src] == "rgb" else f"{src}_"
             base = row[f"{rgb[src]}_samples_per_s"]
-            for name in splat_urls:
+            for name in splat_names:
                 row[f"speedup_{prefix}splat_{name}"] = row[f"splat_{name}_samples_per_s"] / base
         throughput[w] = row
     spread = {w: {name: [min(v), max(v)] for name, v in by_n.items()} for w, by_n in runs.items()}

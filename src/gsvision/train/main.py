@@ -169,7 +169,7 @@ def _plan_data(cfg: TrainConfig, rank: int, world: int, device: torch.device) ->
 def _loader(cfg: TrainConfig, data: _Data, epoch: int, tokenizer, preprocess):
     import webdataset as wds
 
-    from gsvision.data.loader import SplatDataset, rgb_pipeline
+    from gsvision.data.loader import SplatDataset, SplatLoader, rgb_pipeline
 
     kw = dict(
         shuffle=cfg.shuffle,
@@ -180,13 +180,13 @@ def _loader(cfg: TrainConfig, data: _Data, epoch: int, tokenizer, preprocess):
         partial=False,
         epoch=epoch,
     )
+    workers = min(cfg.workers, len(data.urls))
     if cfg.stage == "rgb":
         ds = rgb_pipeline(data.urls, cfg.batch_size, preprocess=preprocess, **kw)
-    else:
-        pre = preprocess if cfg.stage == "distill" else None
-        ds = SplatDataset(data.urls, cfg.n, cfg.batch_size, image_preprocess=pre, **kw)
-    workers = min(cfg.workers, len(data.urls))
-    return wds.WebLoader(ds, batch_size=None, num_workers=workers)
+        return wds.WebLoader(ds, batch_size=None, num_workers=workers)
+    pre = preprocess if cfg.stage == "distill" else None
+    ds = SplatDataset(data.urls, cfg.n, cfg.batch_size, image_preprocess=pre, **kw)
+    return SplatLoader(ds, num_workers=workers)  # batches through shared buffers made once
 
 
 # ------------------------------------------------------------------------------------ model
