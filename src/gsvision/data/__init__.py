@@ -3,6 +3,7 @@
 from gsvision.data.captioned_shapes import make_shapes_shards
 from gsvision.data.loader import (
     SplatDataset,
+    SplatLoader,
     collate_splats,
     decode_splat_sample,
     extract_splat_sample,
@@ -24,6 +25,7 @@ __all__ = [
     "ShardReadError",
     "ShardWriter",
     "SplatDataset",
+    "SplatLoader",
     "collate_splats",
     "decode_splat_sample",
     "expand_urls",
