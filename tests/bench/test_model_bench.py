@@ -10,8 +10,11 @@ def _positive(x) -> bool:
 
 
 def test_bench_model_quick_writes_its_json(tmp_path):
-    assert main(["bench", "model", "--quick", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "model", "--quick", "--profile", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "model.json").read_text())
+    profile = data["front_end_profiles"]["cpu_fp32"]
+    assert set(profile) == {"splat_k16", "splat_k32"} and "aten::linear" in profile["splat_k16"]
+    assert data["cuda_graph_errors"] == {}
     assert data["benchmark"] == "model" and data["machine"]["cpu_count"] >= 1
     assert data["settings"]["model"] == "GS-ViT-Tiny-8-64" and data["settings"]["latents"] == [
         16,

@@ -20,8 +20,8 @@ CPU, the peak resident-set increase of one pass, measured in a fresh subprocess 
 the kernel's RSS high-water mark is reset (``/proc/self/clear_refs``) and read after the pass
 (without ``clear_refs``: the ``ru_maxrss`` increase over a first pass, noted as such).
 
-Also: FLOPs per image (``torch.utils.flop_counter``, batch 1) and the trainable-parameter fraction
-of every preset in :data:`gsvision.model.TRAINABLE_PRESETS` for ViT-B/16 and ViT-L/14, with the
+Also: FLOPs per image (``torch.utils.flop_counter`` on a batch of 4, divided) and the
+trainable-parameter fraction of every preset in :data:`gsvision.model.TRAINABLE_PRESETS` for ViT-B/16 and ViT-L/14, with the
 default resampler and an attention-only one (``mlp_ratio=0``). Writes
 ``benchmarks/results/model.json``.
 """
@@ -153,6 +153,27 @@ def _autocast(device: str, precision: str, cache: bool = True):
     return contextlib.nullcontext()
 
 
+def _profile_front(models, splats: Splats, device: str, precision: str, rows: int = 15) -> dict:
+    """The operators that take the time in one pass of each splat tower's stem + resampler
+    (``torch.profiler``, after a warm-up pass), as a printed table: name → table text."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
+    out = {}
+    with torch.inference_mode(), _autocast(device, precision):
+        for k, m in models.items():
+            m.splat.tokens(splats)  # warm-up
+            with profile(activities=activities) as prof:
+                m.splat.tokens(splats)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+            table = prof.key_averages().table(sort_by=sort, row_limit=rows)
+            print(f"  front end, splat_k{k}, {device} {precision}:\n{table}", flush=True)
+            out[f"splat_k{k}"] = table
+    return out
+
+
 def _graphed(passes: dict, precision: str) -> tuple[dict, dict[str, str]]:
     """Each pass captured once in a CUDA graph on its fixed inputs: name → ``replay``.
 
@@ -252,15 +273,19 @@ def _summarise(runs: dict, tokens: dict, batch: int, latents: list[int]) -> dict
 
 
 def _flops(models, image: Tensor, ns: list[int], seed: int) -> dict:
-    """FLOPs per image (batch 1; a multiply-add counts 2) of the RGB tower, and of each splat
-    tower and its stem + resampler at each N in ``ns``."""
+    """FLOPs per image (a multiply-add counts 2) of the RGB tower, and of each splat tower and
+    its stem + resampler at each N in ``ns``: counted on a batch of ``len(image)`` and divided,
+    so what a pass computes once for its batch (the fused stem/key-value weights) is shared as in
+    a real batch, not charged to one image."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    b = len(image)
 
     def count(fn) -> int:
         counter = FlopCounterMode(display=False)
         with counter:
             fn()
-        return counter.get_total_flops()
+        return round(counter.get_total_flops() / b)
 
     first = next(iter(models.values()))
     for m in models.values():
@@ -269,7 +294,7 @@ def _flops(models, image: Tensor, ns: list[int], seed: int) -> dict:
         rgb = count(lambda: first.encode_image(image))
         by_n = {}
         for n in ns:
-            one = random_splats(1, n, tuple(image.shape[-2:]), seed).to(image.device)
+            one = random_splats(b, n, tuple(image.shape[-2:]), seed).to(image.device)
             row = {}
             for k, m in models.items():
                 total = count(lambda m=m, one=one: m.encode_splats(one))
@@ -437,8 +462,11 @@ def _parse(argv):
     ap.add_argument("--fraction-models", default="ViT-B-16,ViT-L-14",
                     help="backbones for the trainable fractions, comma-separated ('' = none)")  # fmt: skip
     ap.add_argument("--flops-n", default="256,512,1024,2048",
-                    help="N values for the FLOP count (batch 1; cheap), comma-separated")  # fmt: skip
+                    help="N values for the FLOP count (batch 4; cheap), comma-separated")  # fmt: skip
     ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one pass of each splat tower's stem + resampler per "
+                    "precision (torch.profiler; the top operators go to the JSON)")  # fmt: skip
     ap.add_argument("--no-graphs", action="store_true",
                     help="on CUDA, skip the CUDA-graph timings (eager only)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
@@ -473,7 +501,7 @@ def main(argv: list[str] | None = None) -> dict:
     passes = _passes(models, images, splats)
     tokens = _tokens(models)
     full_names = ["rgb", *(f"splat_k{k}" for k in args.latents)]
-    timing, runs_all, memory, graph_errors = {}, {}, {}, {}
+    timing, runs_all, memory, graph_errors, profiles = {}, {}, {}, {}, {}
     for precision in precisions:
         key = f"{device}_{precision}"
         splits = {f"splat_k{k}": _Split(m.splat, device) for k, m in models.items()}
@@ -484,6 +512,8 @@ def main(argv: list[str] | None = None) -> dict:
         timing[key] = _summarise(runs, tokens, args.batch, args.latents)
         if device == "cuda" and not args.no_memory:
             memory[key] = _cuda_memory(passes, full_names, precision)
+        if args.profile:
+            profiles[key] = _profile_front(models, splats, device, precision)
         if device == "cuda" and not args.no_graphs:
             graphed, errors = _graphed(passes, precision)
             if "rgb" in graphed:
@@ -495,7 +525,7 @@ def main(argv: list[str] | None = None) -> dict:
             del graphed
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
-    flops = _flops(models, images[:1], sorted({*args.flops_n, args.n}), args.seed)
+    flops = _flops(models, images[:4], sorted({*args.flops_n, args.n}), args.seed)
     params = {
         "rgb_tower": sum(p.numel() for p in first.clip.visual.parameters()),
         **{
@@ -527,6 +557,7 @@ def main(argv: list[str] | None = None) -> dict:
             if "splat_k98" in rows
         },
         "cuda_graph_errors": graph_errors,
+        "front_end_profiles": profiles,
         "meets_target": (headline["speedup_vs_rgb_median"] >= TARGET_SPEEDUP_K98)
         if headline
         else None,
