@@ -183,6 +183,7 @@ def encode_closed_loop_batch(
     images: Sequence[Tensor],
     level: str | QuantSpec,
     budgets: Sequence[int | None] | None = None,
+    device: torch.device | str | None = None,
 ) -> list[bytes]:
     """:func:`encode_closed_loop` for many images, re-solving their colours in one batch per size.
 
@@ -190,6 +191,9 @@ def encode_closed_loop_batch(
         items: one single-image :class:`Splats` per image.
         images: the matching ``[H, W, 3]`` images in ``[0, 1]``.
         budgets: bytes allowed per image (``None`` entries or ``None``: no budget).
+        device: where the colour re-solve and the renders that choose between payloads run
+            (e.g. the GPU the images were fitted on); ``None``: where the inputs are. Coding
+            itself runs on the CPU.
     """
     budgets = list(budgets) if budgets is not None else [None] * len(items)
     if isinstance(resolve_level(level), str):
@@ -208,8 +212,8 @@ def encode_closed_loop_batch(
         groups.setdefault(tuple(image.shape), []).append(i)
     for idx in groups.values():
         cap = max(geometry[i].capacity for i in idx)
-        batch = Splats.cat([geometry[i].compact(cap) for i in idx])
-        solved = refit_colors(batch, torch.stack([images[i] for i in idx]))
+        batch = _on(Splats.cat([geometry[i].compact(cap) for i in idx]), device)
+        solved = refit_colors(batch, _on(torch.stack([images[i] for i in idx]), device)).to("cpu")
         for j, i in enumerate(idx):
             refit[i] = encode(solved[j], level)
     out = []
@@ -217,14 +221,21 @@ def encode_closed_loop_batch(
         if budget is not None and len(refit[i]) > budget:  # colours need more room: slow path
             out.append(encode_closed_loop(items[i], images[i], level, budget))
         else:
-            out.append(_better(refit[i], plain[i], images[i]))
+            out.append(_better(refit[i], plain[i], _on(images[i], device)))
     return out
 
 
+def _on(x, device):
+    """``x`` (a tensor or :class:`Splats`) on ``device``; ``None``: where it is."""
+    return x if device is None else x.to(device)
+
+
 def _better(a: bytes, b: bytes, image: Tensor) -> bytes:
-    """The payload whose decoded render is closer to ``image``."""
+    """The payload whose decoded render (on ``image``'s device) is closer to ``image``."""
     h, w = image.shape[:2]
-    errors = [float(((render(decode(p), h, w) - image) ** 2).mean()) for p in (a, b)]
+    errors = [
+        float(((render(decode(p).to(image.device), h, w) - image) ** 2).mean()) for p in (a, b)
+    ]
     return a if errors[0] <= errors[1] else b
 
 
@@ -338,12 +349,16 @@ def _coded_batch(
     """Encode every image of a fit result (closed loop, in one batch) and measure the decode."""
     start = time.perf_counter()
     count = result.splats.batch_size
+    device = result.splats.device  # renders stay where the fit ran (a GPU's are far faster)
     ones = [result.splats[i].detach().to("cpu") for i in range(count)]
     sizes = [tuple(int(v) for v in one.image_sizes[0]) for one in ones]
     images = [result.targets[i, :h, :w].detach().to("cpu") for i, (h, w) in enumerate(sizes)]
-    payloads = encode_closed_loop_batch(ones, images, level, budgets)
+    payloads = encode_closed_loop_batch(ones, images, level, budgets, device)
     decoded = [decode(p) for p in payloads]
-    shown = [render(d, h, w).clamp(0, 1) for d, (h, w) in zip(decoded, sizes, strict=True)]
+    shown = [
+        render(d.to(device), h, w).clamp(0, 1).to("cpu")
+        for d, (h, w) in zip(decoded, sizes, strict=True)
+    ]
     seconds = (time.perf_counter() - start) / count
     level_name = level if isinstance(level, str) else resolve_level(level).as_dict()
     out = []
