@@ -319,12 +319,13 @@ class Splats:
     # ------------------------------------------------------------------ geometry helpers
     def pixel_chol(self, height: int, width: int) -> Tensor:
         """``[B, N, 3]`` Cholesky factors in pixel units for an ``height × width`` raster."""
-        scale = self.chol.new_tensor([width, height, height])
-        return self.chol * scale
+        # scalars per channel rather than a tensor made from a list: on a GPU that would be a
+        # host-to-device copy waiting for the queue at every render
+        return torch.cat([self.chol[..., :1] * width, self.chol[..., 1:] * height], -1)
 
     def pixel_means(self, height: int, width: int) -> Tensor:
         """``[B, N, 2]`` centres in pixel units (pixel ``j`` spans ``[j, j + 1)``)."""
-        return self.means * self.means.new_tensor([width, height])
+        return torch.cat([self.means[..., :1] * width, self.means[..., 1:] * height], -1)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Tensor]:

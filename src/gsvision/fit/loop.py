@@ -178,9 +178,11 @@ def prepare_images(
 def _splats(means_px: Tensor, chol_px: Tensor, colors: Tensor, counts: Tensor, hw) -> Splats:
     """Pixel-space parameters on an ``H × W`` canvas → normalised Splats (differentiable)."""
     h, w = hw
-    means = means_px / means_px.new_tensor([w, h])
-    chol = chol_px / chol_px.new_tensor([w, h, h])
-    sizes = torch.tensor([[h, w]], device=counts.device).expand(len(counts), 2)
+    # per-channel scalars, not small tensors made from lists: on a GPU each of those is a
+    # host-to-device copy that waits for the queue, three times per optimisation step
+    means = torch.cat([means_px[..., :1] / w, means_px[..., 1:] / h], -1)
+    chol = torch.cat([chol_px[..., :1] / w, chol_px[..., 1:] / h], -1)
+    sizes = torch.stack([torch.full_like(counts, h), torch.full_like(counts, w)], -1)
     return Splats(means, chol, colors, counts, sizes)
 
 
