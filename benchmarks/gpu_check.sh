@@ -24,7 +24,7 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 QUICK=${QUICK:-}
 q=${QUICK:+--quick}
 
-STEPS=" ${STEPS:-tests raster_gpu model fit convert convert_overlap serve} "  # which steps to run
+STEPS=" ${STEPS:-tests raster_gpu model fit fit_profile convert convert_overlap serve} "  # which steps to run
 step() {  # step NAME SECONDS CMD...: run CMD with a time limit, report its status
     local name=$1 limit=$2
     shift 2
@@ -65,6 +65,24 @@ step fit 120 "$PY" -m gsvision.cli bench fit --sections quality batch --inits gr
 # a GPU fits a batch of 128 in about the time it fits 16: give it enough images to show it
 convert_args=${CONVERT_ARGS:---shards 4 --per-shard 128 --batch 128 --workers 4}
 [ -n "$QUICK" ] && convert_args=--quick
+# where a fitting step's time goes at a conversion-sized batch (top operators by GPU time)
+step fit_profile 60 "$PY" - <<'PYEOF'
+import torch
+from torch.profiler import ProfilerActivity, profile
+from gsvision.fit import fit
+from gsvision.io import load_image, sample_images
+cuda = torch.cuda.is_available()
+b, size = (128, 224) if cuda else (4, 32)  # a dry run on CPU: tiny
+images = ([load_image(p) for p in sample_images()] * 22)[:b]
+fit(images, 1024 if cuda else 16, iters=5, size=size)  # compile, warm up
+acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+with profile(activities=acts) as prof:
+    fit(images, 1024 if cuda else 16, iters=20, size=size)
+    if cuda:
+        torch.cuda.synchronize()
+for key in (["cuda_time_total"] if cuda else []) + ["cpu_time_total"]:
+    print(prof.key_averages().table(sort_by=key, row_limit=20))
+PYEOF
 # a warm-up (Triton and numba compile on first use), then the job, then the same job with encoding
 # on a second thread (--overlap), side by side
 step convert 20 "$PY" -m gsvision.cli bench convert --quick --out /tmp/gsv-warm-up
