@@ -60,7 +60,7 @@ echo "=== rasteriser backend for the benches: ${GSVISION_BACKEND:-auto}"
 
 step raster_gpu 60 "$PY" -m gsvision.cli bench raster_gpu --out-dir "$OUT" \
     ${QUICK:+--batches 1 --n 64 --iters 2}
-step model 100 "$PY" -m gsvision.cli bench model --repeats 3 --profile --out "$OUT" $q
+step model 100 "$PY" -m gsvision.cli bench model --repeats 3 --profile --variants attention_only,no_latent_kv --out "$OUT" $q
 step fit 120 "$PY" -m gsvision.cli bench fit --sections quality batch --inits grid --out "$OUT" $q
 # a GPU fits a batch of 128 in about the time it fits 16: give it enough images to show it
 convert_args=${CONVERT_ARGS:---shards 4 --per-shard 128 --batch 128 --workers 4}

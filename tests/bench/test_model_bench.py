@@ -10,10 +10,14 @@ def _positive(x) -> bool:
 
 
 def test_bench_model_quick_writes_its_json(tmp_path):
-    assert main(["bench", "model", "--quick", "--profile", "--out", str(tmp_path)]) == 0
+    args = ["--quick", "--profile", "--variants", "attention_only", "--out", str(tmp_path)]
+    assert main(["bench", "model", *args]) == 0
     data = json.loads((tmp_path / "model.json").read_text())
     profile = data["front_end_profiles"]["cpu_fp32"]
-    assert set(profile) == {"splat_k16", "splat_k32"} and "aten::linear" in profile["splat_k16"]
+    assert (
+        set(profile) == {"splat_k16", "splat_k32", "splat_k16_attention_only"}
+        and "aten::linear" in profile["splat_k16"]
+    )
     assert data["cuda_graph_errors"] == {}
     assert data["benchmark"] == "model" and data["machine"]["cpu_count"] >= 1
     assert data["settings"]["model"] == "GS-ViT-Tiny-8-64" and data["settings"]["latents"] == [
@@ -21,6 +25,8 @@ def test_bench_model_quick_writes_its_json(tmp_path):
         32,
     ]
     rows = data["timing"]["cpu_fp32"]
+    variant = rows.pop("splat_k16_attention_only")  # a resampler variant, beside the default
+    assert variant["tokens"] == 17 and _positive(variant["speedup_vs_rgb_median"])
     assert set(rows) == {"rgb", "splat_k16", "splat_k32"}
     assert [rows[n]["tokens"] for n in ("rgb", "splat_k16", "splat_k32")] == [65, 17, 33]
     for name, r in rows.items():

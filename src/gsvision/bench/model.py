@@ -73,17 +73,31 @@ def random_splats(
     return Splats.create(means, chol, colors, image_size, counts=counts).compact(n)
 
 
+#: Resampler variants ``--variants`` can add beside the default (at the first K), by name.
+VARIANTS = {
+    "attention_only": {"mlp_ratio": 0.0},  # no MLP in the resampler's layers
+    "two_layers": {"layers": 2},
+    "no_latent_kv": {"attend_latents": False},  # keys/values: the Gaussians (and null) only
+    "full_width": {"attn_ratio": 1.0, "mlp_ratio": 1.0},  # the resampler before narrowing
+}
+
+
 def _build(args, device: str = "cpu"):
-    """``(models by K, images, splats)``: one backbone, a splat tower per K sharing it."""
+    """``(models by name, images, splats)``: one backbone, a splat tower per K (``splat_k98``)
+    and per resampler variant (``splat_k98_attention_only``) sharing it."""
     from gsvision.model import create_model
     from gsvision.model.gsclip import GSCLIP
 
     torch.manual_seed(args.seed)
     first = create_model(args.model, None, num_latents=args.latents[0])
-    models = {args.latents[0]: first}
-    for k in args.latents[1:]:
-        cfg = replace(first.cfg, resampler=replace(first.cfg.resampler, num_latents=k))
-        models[k] = GSCLIP(first.clip, cfg)  # shares the backbone: only the front end is new
+    models = {f"splat_k{args.latents[0]}": first}
+    res = first.cfg.resampler
+    for name, change in [
+        *((f"splat_k{k}", {"num_latents": k}) for k in args.latents[1:]),
+        *((f"splat_k{args.latents[0]}_{v}", VARIANTS[v]) for v in args.variants),
+    ]:
+        cfg = replace(first.cfg, resampler=replace(res, **change))
+        models[name] = GSCLIP(first.clip, cfg)  # shares the backbone: only the front end is new
     for m in models.values():
         m.eval().to(device)
     visual = first.clip.visual
@@ -98,16 +112,16 @@ def _passes(models, images, splats) -> dict:
     """Name → a zero-argument forward pass of a whole image tower."""
     first = next(iter(models.values()))
     out = {"rgb": lambda: first.encode_image(images)}
-    for k, m in models.items():
-        out[f"splat_k{k}"] = lambda m=m: m.encode_splats(splats)
+    for name, m in models.items():
+        out[name] = lambda m=m: m.encode_splats(splats)
     return out
 
 
 def _tokens(models) -> dict[str, int]:
     first = next(iter(models.values()))
     out = {"rgb": int(first.clip.visual.positional_embedding.shape[0])}
-    for k in models:
-        out[f"splat_k{k}"] = k + 1  # class token + K latents
+    for name, m in models.items():
+        out[name] = m.cfg.resampler.num_latents + 1  # class token + K latents
     return out
 
 
@@ -162,15 +176,15 @@ def _profile_front(models, splats: Splats, device: str, precision: str, rows: in
     sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
     out = {}
     with torch.inference_mode(), _autocast(device, precision):
-        for k, m in models.items():
+        for name, m in models.items():
             m.splat.tokens(splats)  # warm-up
             with profile(activities=activities) as prof:
                 m.splat.tokens(splats)
                 if device == "cuda":
                     torch.cuda.synchronize()
             table = prof.key_averages().table(sort_by=sort, row_limit=rows)
-            print(f"  front end, splat_k{k}, {device} {precision}:\n{table}", flush=True)
-            out[f"splat_k{k}"] = table
+            print(f"  front end, {name}, {device} {precision}:\n{table}", flush=True)
+            out[name] = table
     return out
 
 
@@ -232,7 +246,7 @@ def _time(
     return runs
 
 
-def _summarise(runs: dict, tokens: dict, batch: int, latents: list[int]) -> dict:
+def _summarise(runs: dict, tokens: dict, batch: int, names: list[str]) -> dict:
     rgb = runs["rgb"]
     out = {
         "rgb": {
@@ -242,8 +256,7 @@ def _summarise(runs: dict, tokens: dict, batch: int, latents: list[int]) -> dict
             "images_per_s": batch / statistics.median(rgb),
         }
     }
-    for k in latents:
-        name = f"splat_k{k}"
+    for name in names:
         if name not in runs:  # not captured (graphed mode): the reason is recorded elsewhere
             continue
         full = runs[name]
@@ -296,10 +309,10 @@ def _flops(models, image: Tensor, ns: list[int], seed: int) -> dict:
         for n in ns:
             one = random_splats(b, n, tuple(image.shape[-2:]), seed).to(image.device)
             row = {}
-            for k, m in models.items():
+            for name, m in models.items():
                 total = count(lambda m=m, one=one: m.encode_splats(one))
                 front = count(lambda m=m, one=one: m.splat.tokens(one))
-                row[f"splat_k{k}"] = {
+                row[name] = {
                     "total": total,
                     "stem_resampler": front,
                     "rgb_over_splat": rgb / total,
@@ -368,6 +381,7 @@ def _cpu_memory(args, names: list[str], fresh: bool = True) -> dict:
         cmd = [sys.executable, "-m", "gsvision.bench.model", "--memory-worker", ",".join(group)]
         cmd += ["--model", args.model, "--batch", str(args.batch), "--n", str(args.n)]
         cmd += ["--latents", ",".join(map(str, args.latents)), "--seed", str(args.seed)]
+        cmd += ["--variants", ",".join(args.variants)] if args.variants else []
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"memory worker {group} failed:\n{proc.stderr[-2000:]}")
@@ -427,12 +441,13 @@ def _print_table(result: dict) -> None:
     for key, rows in result["timing"].items():
         mem = result["memory"].get(key, {})
         print(f"\n{result['settings']['model']}, batch {result['settings']['batch']}, {key}:")
-        print(f"  {'tower':<12} {'tokens':>6} {'median s':>9} {'min s':>8} {'img/s':>7} "
+        wide = max(12, *(len(name) for name in rows))
+        print(f"  {'tower':<{wide}} {'tokens':>6} {'median s':>9} {'min s':>8} {'img/s':>7} "
               f"{'front s':>8} {'speed-up':>8} {'peak MiB':>9}")  # fmt: skip
         for name, r in rows.items():
             peak = mem.get(name, {}).get("peak_increase_bytes")
             print(
-                f"  {name:<12} {r['tokens']:>6} {r['median_s']:>9.3f} {r['min_s']:>8.3f} "
+                f"  {name:<{wide}} {r['tokens']:>6} {r['median_s']:>9.3f} {r['min_s']:>8.3f} "
                 f"{r['images_per_s']:>7.1f} {r.get('stem_resampler_median_s', 0):>8.3f} "
                 f"{r.get('speedup_vs_rgb_median', 1):>7.2f}x "
                 f"{(peak or 0) / 2**20:>9.0f}"
@@ -456,6 +471,9 @@ def _parse(argv):
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--n", type=int, default=1024, help="Gaussian slots per image")
     ap.add_argument("--latents", default="98,196", help="K values, comma-separated")
+    ap.add_argument("--variants", default="",
+                    help="resampler variants to time beside the default at the first K, "
+                    f"comma-separated: {', '.join(VARIANTS)}")  # fmt: skip
     ap.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds")
     ap.add_argument("--warmup", type=int, default=1, help="untimed passes per configuration")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -479,6 +497,10 @@ def _parse(argv):
         args.repeats, args.warmup, args.fraction_models = 2, 1, "GS-ViT-Tiny-8-64"
         args.flops_n = "32"
     args.latents = [int(k) for k in str(args.latents).split(",") if k]
+    args.variants = [v for v in str(args.variants).split(",") if v]
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        ap.error(f"unknown --variants {unknown}; choose from {sorted(VARIANTS)}")
     args.fraction_models = [m for m in args.fraction_models.split(",") if m]
     args.flops_n = [int(n) for n in str(args.flops_n).split(",") if n]
     return args
@@ -500,16 +522,16 @@ def main(argv: list[str] | None = None) -> dict:
     first = next(iter(models.values()))
     passes = _passes(models, images, splats)
     tokens = _tokens(models)
-    full_names = ["rgb", *(f"splat_k{k}" for k in args.latents)]
+    full_names = ["rgb", *models]
     timing, runs_all, memory, graph_errors, profiles = {}, {}, {}, {}, {}
     for precision in precisions:
         key = f"{device}_{precision}"
-        splits = {f"splat_k{k}": _Split(m.splat, device) for k, m in models.items()}
+        splits = {name: _Split(m.splat, device) for name, m in models.items()}
         runs = _time(passes, splits, device, precision, args.warmup, args.repeats)
         for split in splits.values():
             split.remove()
         runs_all[key] = runs
-        timing[key] = _summarise(runs, tokens, args.batch, args.latents)
+        timing[key] = _summarise(runs, tokens, args.batch, list(models))
         if device == "cuda" and not args.no_memory:
             memory[key] = _cuda_memory(passes, full_names, precision)
         if args.profile:
@@ -519,7 +541,7 @@ def main(argv: list[str] | None = None) -> dict:
             if "rgb" in graphed:
                 runs = _time(graphed, {}, device, f"{precision}_graph", 0, args.repeats)
                 runs_all[f"{key}_graph"] = runs
-                timing[f"{key}_graph"] = _summarise(runs, tokens, args.batch, args.latents)
+                timing[f"{key}_graph"] = _summarise(runs, tokens, args.batch, list(models))
             if errors:
                 graph_errors[key] = errors
             del graphed
@@ -529,8 +551,8 @@ def main(argv: list[str] | None = None) -> dict:
     params = {
         "rgb_tower": sum(p.numel() for p in first.clip.visual.parameters()),
         **{
-            f"splat_k{k}_stem_resampler": m.trainable_summary()["stem_and_resampler"]
-            for k, m in models.items()
+            f"{name}_stem_resampler": m.trainable_summary()["stem_and_resampler"]
+            for name, m in models.items()
         },  # fmt: skip
     }
     del models, first, passes, images, splats
