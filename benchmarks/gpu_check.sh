@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks, as one script for a lent GPU machine (see docs/benchmarks.md):
 #   1. the GPU kernel tests (pytest -m gpu: compiled Triton and sparse kernels vs the dense reference);
-#   2. gsvision bench raster_gpu, model (fp32 + bf16), fit (batched vs one by one), convert, serve.
+#   2. gsvision bench raster_gpu, model (fp32 + bf16, eager and CUDA graphs, a front-end profile),
+#      fit (batched vs one by one) and a profile of a fitting step, convert (with and without the
+#      encoder thread), a quick demo (training in bf16 on the GPU), serve.
 # Each step has its own time limit and the next step runs whatever happened; results go to
 # $OUT (default gpu-out/) as <bench>.json plus one log, gpu_check.log.
 #
@@ -24,7 +26,7 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 QUICK=${QUICK:-}
 q=${QUICK:+--quick}
 
-STEPS=" ${STEPS:-tests raster_gpu model fit fit_profile convert convert_overlap serve} "  # which steps to run
+STEPS=" ${STEPS:-tests raster_gpu model fit fit_profile convert convert_overlap demo_quick serve} "  # which steps to run
 step() {  # step NAME SECONDS CMD...: run CMD with a time limit, report its status
     local name=$1 limit=$2
     shift 2
@@ -90,5 +92,7 @@ step convert 90 "$PY" -m gsvision.cli bench convert --out "$OUT" $convert_args
 mkdir -p "$OUT/overlap"
 step convert_overlap 90 "$PY" -m gsvision.cli bench convert --out "$OUT/overlap" $convert_args \
     --overlap
+# training on the GPU (bf16 autocast), distillation, contrastive stage and zero-shot evaluation, small
+step demo_quick 150 "$PY" -m gsvision.cli demo --quick -o /tmp/gsv-demo-quick
 step serve 90 "$PY" -m gsvision.cli bench serve --out "$OUT" $q
 ls -la "$OUT"
