@@ -8,7 +8,16 @@
 # $OUT (default gpu-out/) as <bench>.json plus one log, gpu_check.log.
 #
 # On a machine whose Python lacks the project's dependencies, put their wheels in .whl/ (a folder
-# git ignores); they are installed into /tmp/site first. The checkout is used in place (src/ on
+# git ignores); they are installed into /tmp/site first. For the lent GPU machines (Python 3.12,
+# torch, triton, timm, numba there already), on this machine:
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux2014_x86_64 -d .whl open_clip_torch==3.3.0 \
+#     webdataset==1.0.2 braceexpand==0.1.7 zstandard==0.25.0 ftfy==6.3.1 wcwidth==0.9.4 \
+#     fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic_core==2.50.5 \
+#     annotated-types==0.8.0 typing-inspection==0.4.5 uvicorn==0.54.0 python-multipart==0.0.34 \
+#     annotated-doc==0.0.7 typing_extensions==4.16.0 opentelemetry-api==1.45.2
+# and name .whl in the run's carry. The checkout is used in place (src/ on
 # PYTHONPATH), so nothing needs `pip install -e`. STEPS="tests model ..." runs some steps only; QUICK=1
 # passes --quick to the benchmarks (a dry run of the script itself on any machine).
 set -u
