@@ -300,7 +300,10 @@ def _fit_group(images: list, settings: dict[str, Any], progress: bool) -> list[t
 
     target = RateTarget(settings["bytes"], settings["ratio"], kwargs.pop("target_psnr"))
     n = kwargs.pop("n_gaussians")
-    coded = fit_and_encode(images, target, settings["level"], n, progress=progress, **kwargs)
+    from gsvision.codec import using_coder
+
+    with using_coder("range"):  # files: the smaller coder (format version 2)
+        coded = fit_and_encode(images, target, settings["level"], n, progress=progress, **kwargs)
     return [(c.splats, c.target, c.metrics, c.payload) for c in coded]
 
 

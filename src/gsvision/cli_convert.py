@@ -24,6 +24,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--level", default="medium", help="codec level (lossless, f16, high, medium, low)"
     )
+    p.add_argument(
+        "--coder",
+        choices=["zstd", "range"],
+        default="zstd",
+        help="lossless stage of the quantised levels: zstd (fast training loads) or range "
+        "(12-20%% smaller shards, ~4x slower to decode)",
+    )
     target = p.add_mutually_exclusive_group()
     target.add_argument("--bytes", type=_positive_int, default=None, help=".gsv bytes per image")
     target.add_argument("--ratio", type=float, default=None, help="raw pixel bytes / .gsv bytes")
@@ -52,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         iters=args.iters,
         size=args.size,
         level=args.level,
+        coder=args.coder,
         bytes=args.bytes,
         ratio=args.ratio,
         psnr=args.psnr,

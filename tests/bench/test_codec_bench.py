@@ -8,8 +8,13 @@ from gsvision.cli import main
 
 
 def test_bench_codec_quick_writes_its_json_and_figure(tmp_path):
+    import gsvision.codec
+
+    before = gsvision.codec.DEFAULT_CODER
     assert main(["bench", "codec", "--quick", "--out", str(tmp_path)]) == 0
+    assert gsvision.codec.DEFAULT_CODER == before  # --coder only for its own run
     data = json.loads((tmp_path / "codec.json").read_text())
+    assert data["settings"]["coder"] == "range"
     assert (tmp_path / "rd.png").stat().st_size > 1000  # --quick plots beside its JSON
     assert data["machine"]["cpu_count"] >= 1
     assert [f["n"] for f in data["gsvision"]["fits"]] == [24, 64]

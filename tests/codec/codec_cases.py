@@ -32,11 +32,12 @@ from gsvision.codec import (
     read_metadata,
 )
 from gsvision.codec.entropy import compress, decompress
+from gsvision.codec.rc import encode_codes
 from gsvision.splats import Splats, chol_from_axes
 
 # ------------------------------------------------------------------------------ the layout (spec)
 MAGIC = b"\x89GSV"
-VERSION = 1
+VERSION = 2  # the current version; version 1 payloads (modes 0-2) stay readable
 FILE = struct.Struct("<4sBBHI")  # magic, version, flags, count, metadata_len
 IMAGE = struct.Struct("<HHIBBBBBBH14fII")  # see IMAGE_FIELDS
 CRC = struct.Struct("<I")
@@ -44,7 +45,7 @@ IMAGE_FIELDS = (
     "height", "width", "n", "mode", "flags", "pos_bits", "scale_bits", "angle_bits", "color_bits",
     "reserved", *(f"range{k}" for k in range(14)), "raw_len", "coded_len",
 )  # fmt: skip
-MODE_FLOAT32, MODE_FLOAT16, MODE_QUANTISED = 0, 1, 2
+MODE_FLOAT32, MODE_FLOAT16, MODE_QUANTISED, MODE_QUANTISED_RC = 0, 1, 2, 3
 FLAG_OPACITY = 1
 assert FILE.size == 12 and IMAGE.size == 80 and len(IMAGE_FIELDS) == 26
 
@@ -199,8 +200,12 @@ def rebuild(payload: bytes, images: Sequence[tuple[dict[str, object], bytes]]) -
 
 
 def raw_bodies(payload: bytes) -> list[bytes]:
-    """The decompressed body of every image of a well-formed payload."""
-    return [decompress(body, h["raw_len"]) for h, body in split(payload)[2]]
+    """The decompressed body of every image of a well-formed payload (a range-coded image's body
+    as it is: it has no zstd stage)."""
+    return [
+        body if h["mode"] == MODE_QUANTISED_RC else decompress(body, h["raw_len"])
+        for h, body in split(payload)[2]
+    ]
 
 
 def float_raw(table: np.ndarray, dtype: type) -> bytes:
@@ -256,11 +261,16 @@ def seed_payloads() -> tuple[bytes, ...]:
         (random_splats([(64, 48)], 6, 6), QuantSpec(16, 12, 12, 12)),
         (random_splats([(5, 7)], 3, 7), QuantSpec(1, 1, 1, 1)),
         (random_splats([(9, 9)], 0, 8), "lossless"),
+        (random_splats([(9, 9)], 0, 8), "medium"),
     ]
     meta = {"source": "seed", "ü": [1, 2.5, None]}
-    return tuple(
-        encode(s, level, meta if i % 3 == 0 else None) for i, (s, level) in enumerate(cases)
-    )
+    current = [
+        encode(s, level, meta if i % 3 == 0 else None, coder="range")
+        for i, (s, level) in enumerate(cases)
+    ]
+    # version 1's quantised mode (zstd), still written on request and read
+    old = [encode(s, level, coder="zstd") for s, level in cases[2:7]]
+    return tuple(current + old)
 
 
 # ------------------------------------------------------------------------------ strategies
@@ -320,11 +330,12 @@ def raw_mutated_payloads(draw: st.DrawFn) -> bytes:
     seed = draw(st.sampled_from(seed_payloads()))
     images = []
     for (header, _), raw in zip(split(seed)[2], raw_bodies(seed), strict=True):
+        rc = header["mode"] == MODE_QUANTISED_RC
         if draw(st.booleans()):
             raw = draw(_mutate(raw))
-            if draw(st.integers(0, 4)):
+            if draw(st.integers(0, 4)) and not rc:
                 header = {**header, "raw_len": len(raw)}
-        images.append((header, compress(raw)))
+        images.append((header, raw if rc else compress(raw)))
     return rebuild(seed, images)
 
 
@@ -365,7 +376,20 @@ def _raw_for(draw: st.DrawFn, header: dict[str, object]) -> bytes:
         values = _mostly(st.floats(0.001, 1.0), _ANY_FLOAT | st.floats(-1.0, 1.0))
         table = np.array([[draw(values) for _ in range(width)] for _ in range(n)]).reshape(n, width)
         return float_raw(table, np.float32 if mode == MODE_FLOAT32 else np.float16)
-    _, sb, ab, cb = (int(header[k]) for k in IMAGE_FIELDS[5:9])  # type: ignore[call-overload]
+    pb, sb, ab, cb = (int(header[k]) for k in IMAGE_FIELDS[5:9])  # type: ignore[call-overload]
+    if mode == MODE_QUANTISED_RC:  # a real range-coded stream of random codes, or one cut short
+        if min(pb, sb, ab, cb) < 1 or max(sb, ab, cb) > 12 or pb > 16:
+            return draw(st.binary(max_size=300))
+        codes = [
+            sorted(draw(st.lists(st.integers(0, (1 << 2 * pb) - 1), min_size=n, max_size=n))),
+            [draw(st.lists(st.integers(0, (1 << sb) - 1), min_size=n, max_size=n)) for _ in "ab"],
+            draw(st.lists(st.integers(0, (1 << ab) - 1), min_size=n, max_size=n)),
+            [draw(st.lists(st.integers(0, (1 << cb) - 1), min_size=n, max_size=n)) for _ in "abc"],
+        ]
+        shapes = [(n,), (2, n), (n,), (3, n)]
+        arrays = [np.array(c, np.int64).reshape(k) for c, k in zip(codes, shapes, strict=True)]
+        body = encode_codes(*arrays, (pb, sb, ab, cb))
+        return body[: draw(_mostly(st.just(len(body)), st.integers(0, len(body))))]
     planes = n * (2 * _plane_bytes(sb) + _plane_bytes(ab) + 3 * _plane_bytes(cb))
     deltas = draw(
         st.lists(_mostly(st.integers(0, 300), st.integers(0, 1 << 33)), min_size=n, max_size=n)
@@ -379,7 +403,7 @@ def header_payloads(draw: st.DrawFn) -> bytes:
     limits) and bodies shaped like the real thing, or not."""
     images = []
     for _ in range(draw(st.integers(1, 2))):
-        mode = draw(_mostly(st.sampled_from([0, 1, 2, 2, 2]), st.integers(0, 255)))
+        mode = draw(_mostly(st.sampled_from([0, 1, 2, 2, 3, 3, 3]), st.integers(0, 255)))
         header = image_header(
             height=draw(_SIDE),
             width=draw(_SIDE),
@@ -388,7 +412,7 @@ def header_payloads(draw: st.DrawFn) -> bytes:
             flags=draw(_mostly(st.sampled_from([0, 0, 1]), st.integers(0, 255))),
             reserved=draw(_mostly(st.just(0), st.integers(0, 65535))),
         )
-        if mode == MODE_QUANTISED:
+        if mode in (MODE_QUANTISED, MODE_QUANTISED_RC):
             bits = _mostly(st.integers(1, 12), st.integers(0, 20))
             header.update(zip(IMAGE_FIELDS[5:9], (draw(bits) for _ in range(4)), strict=True))
             header.update(zip(IMAGE_FIELDS[10:24], draw(_ranges()), strict=True))
@@ -397,8 +421,12 @@ def header_payloads(draw: st.DrawFn) -> bytes:
                 zip(IMAGE_FIELDS[5:24], (draw(st.integers(0, 3)) for _ in range(19)), strict=True)
             )
         raw = draw(_raw_for(header))
-        header["raw_len"] = draw(_mostly(st.just(len(raw)), st.integers(0, (1 << 32) - 1)))
-        frame = compress(raw)
+        if mode == MODE_QUANTISED_RC:  # no zstd stage: raw_len is 0, the body the stream
+            header["raw_len"] = draw(_mostly(st.just(0), st.integers(0, (1 << 32) - 1)))
+            frame = raw
+        else:
+            header["raw_len"] = draw(_mostly(st.just(len(raw)), st.integers(0, (1 << 32) - 1)))
+            frame = compress(raw)
         body = draw(
             _mostly(
                 st.just(frame),

@@ -325,19 +325,24 @@ def test_encoded_sizes_add_up():
         assert [a - 16 for a in alone] == sizes
 
 
-def test_payload_is_little_endian_as_documented():
+@pytest.mark.parametrize("version", [1, 2])
+def test_payload_is_little_endian_as_documented(version):
     s = C.random_splats([(37, 53)], 3, seed=9)
-    payload = encode(s, "medium", {"a": 1})
+    payload = encode(s, "medium", {"a": 1}, coder="zstd" if version == 1 else "range")
     head, meta, images = C.split(payload)
-    assert head == (b"\x89GSV", 1, 0, 1, 7) and meta == b'{"a":1}'
+    assert head == (b"\x89GSV", version, 0, 1, 7) and meta == b'{"a":1}'
     ((header, body),) = images
     assert (header["height"], header["width"], header["n"]) == (37, 53, 3)
-    assert header["mode"] == C.MODE_QUANTISED and header["reserved"] == 0
+    mode = C.MODE_QUANTISED if version == 1 else C.MODE_QUANTISED_RC
+    assert header["mode"] == mode and header["reserved"] == 0
     bits = LEVELS["medium"]
     assert (header["pos_bits"], header["scale_bits"], header["angle_bits"], header["color_bits"]) == (
         bits.pos_bits, bits.scale_bits, bits.angle_bits, bits.color_bits,
     )  # fmt: skip
-    assert body[:4] == b"\x28\xb5\x2f\xfd"  # one zstd frame
+    if version == 1:
+        assert body[:4] == b"\x28\xb5\x2f\xfd"  # one zstd frame
+    else:
+        assert header["raw_len"] == 0 and body[0] == 0  # a range-coded stream
     assert C.with_crc(payload[:-4]) == payload
 
 
@@ -353,7 +358,7 @@ def test_gsv_files_through_save_and_load_splats(tmp_path):
     path = save_splats(tmp_path / "x.gsv", s, {"fit": {"psnr": 30.0}})
     loaded, meta = load_splats(path)
     assert meta == {"fit": {"psnr": 30.0}}
-    assert path.read_bytes() == encode(s, "medium", meta)  # the default level
+    assert path.read_bytes() == encode(s, "medium", meta, coder="range")  # the default level
     want = decode(encode(s, "medium"))
     assert loaded.counts.tolist() == [40, 0, 13]
     for b in range(3):

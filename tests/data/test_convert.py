@@ -110,6 +110,19 @@ def test_encoding_beside_the_fitting_writes_the_same_shards(tmp_path):
             assert all(len(gsv) <= 200 for rows in runs[True][0].values() for _, gsv, _ in rows)
 
 
+def test_shards_use_the_fast_coder_unless_asked(tmp_path):
+    make_image_text_shards(tmp_path / "in", shards=1, per_shard=2)
+    pattern = str(tmp_path / "in" / "00000.tar")
+    for coder, version in (("zstd", 1), ("range", 2)):
+        out = tmp_path / coder
+        convert(pattern, out, ConvertConfig(**{**TINY.__dict__, "coder": coder}))
+        payloads = [s.files["gsv"] for s in iter_samples(str(out / "00000.tar"))]
+        assert len(payloads) == 2 and all(p[4] == version for p in payloads)
+        assert all(int(decode(p).counts[0]) == 16 for p in payloads)
+    with pytest.raises(ValueError, match="coder must be"):
+        convert(pattern, tmp_path / "bad", ConvertConfig(**{**TINY.__dict__, "coder": "lzma"}))
+
+
 def test_rerun_skips_complete_shards_and_redoes_partial_ones(tmp_path):
     make_image_text_shards(tmp_path / "in", shards=3, per_shard=3)
     pattern = str(tmp_path / "in" / "{00000..00002}.tar")

@@ -365,6 +365,12 @@ def main(argv: list[str] | None = None) -> dict:
         default=["f16", "high", "medium", "low"],
         help="codec levels, or P-S-A-C bit depths for a custom QuantSpec (f16 is the reference)",
     )
+    ap.add_argument(
+        "--coder",
+        choices=["range", "zstd"],
+        default="range",
+        help="lossless stage of the quantised levels (format v2 range coder, or v1 zstd)",
+    )
     ap.add_argument("--codecs", nargs="+", default=["jpeg", "webp", "avif"])
     ap.add_argument("--bpp", type=float, nargs="+", default=[0.2, 0.3, 0.5, 0.75, 1.0])
     ap.add_argument("--images", nargs="*", help="shipped image names (default: all)")
@@ -396,6 +402,13 @@ def main(argv: list[str] | None = None) -> dict:
             resolve_level(_level(lv))
         except (TypeError, ValueError) as exc:
             ap.error(f"--levels: {exc}")
+    from gsvision.codec import using_coder
+
+    with using_coder(args.coder):  # what encode() (and the closed loop) writes, for this run
+        return _run(args, codecs, missing, quantised)
+
+
+def _run(args, codecs: list[str], missing: list[str], quantised: list[str]) -> dict:
     names, u8 = _load(args.images, args.size)
     backend = resolve_backend("cuda" if torch.cuda.is_available() else "cpu")
     print(f"gsvision bench codec: {len(names)} images at {args.size}², backend {backend}")

@@ -5,7 +5,7 @@ Byte layout (all little-endian; the full specification with field tables is ``do
     payload  = file_header  metadata  record*count  crc32
     file_header (12 B) = magic "\\x89GSV" | u8 version | u8 flags (0) | u16 count | u32 metadata_len
     metadata = metadata_len bytes of UTF-8 JSON (an object), or nothing
-    record   = image_header (80 B) | coded_len bytes (one zstd frame)
+    record   = image_header (80 B) | coded_len bytes (one zstd frame, or a range-coded stream)
     crc32    = u32 CRC-32 (zlib) of every byte before it
 
 This module knows nothing about Gaussians: it checks every field against :data:`LIMITS` before
@@ -25,6 +25,7 @@ __all__ = [
     "CodecError",
     "MAGIC",
     "VERSION",
+    "VERSIONS",
     "MODES",
     "LIMITS",
     "ImageHeader",
@@ -33,10 +34,17 @@ __all__ = [
 ]
 
 MAGIC = b"\x89GSV"
-VERSION = 1
+VERSION = 2
+#: Versions this reader reads. A writer emits version 1 when every image is in a version-1 mode
+#: (so older readers still read float payloads), else version 2.
+VERSIONS = (1, 2)
 
-#: How an image's Gaussians are coded: exact float32, float16, or quantised integer codes.
-MODES = {0: "float32", 1: "float16", 2: "quantised"}
+#: How an image's Gaussians are coded: exact float32, float16, quantised integer codes with zstd
+#: (version 1), or the same codes range-coded (version 2 only; see ``rc.py``).
+MODES = {0: "float32", 1: "float16", 2: "quantised", 3: "quantised-rc"}
+QUANTISED_MODES = ("quantised", "quantised-rc")
+#: The first version in which each mode may appear.
+MODE_SINCE = {"float32": 1, "float16": 1, "quantised": 1, "quantised-rc": 2}
 MODE_IDS = {name: key for key, name in MODES.items()}
 
 #: Bounds every decoder enforces before allocating (documented in docs/format.md).
@@ -49,6 +57,8 @@ LIMITS = {
     "max_expansion": 1024,  # decoded bytes per coded byte, above a 1 MiB floor
     "expansion_floor": 1 << 20,
     "max_abs_range": 1e6,  # |quantisation range end|
+    "rc_gaussians_per_byte": 64,  # range-coded images: Gaussians per coded byte, above a floor
+    "rc_gaussians_floor": 1 << 16,
 }
 
 _FILE = struct.Struct("<4sBBHI")
@@ -93,13 +103,16 @@ def pack(images: list[ImageHeader], metadata: dict[str, Any] | None = None) -> b
     )
     meta = b"" if not metadata else json.dumps(metadata, separators=(",", ":")).encode()
     _check(len(meta) <= LIMITS["max_metadata"], f"metadata is {len(meta)} bytes, limit 1 MiB")
-    parts = [_FILE.pack(MAGIC, VERSION, 0, len(images), len(meta)), meta]
+    version = max(MODE_SINCE[im.mode] for im in images)
+    parts = [_FILE.pack(MAGIC, version, 0, len(images), len(meta)), meta]
     for i, im in enumerate(images):
         fields = (
             im.height, im.width, im.n, MODE_IDS[im.mode], im.flags, *im.bits, 0,
             *im.ranges, im.raw_len, len(im.body),
         )  # fmt: skip
-        checked = _image_header(i, fields)  # refuse to write what unpack would refuse to read
+        checked = _image_header(
+            i, fields, version
+        )  # refuse to write what unpack would refuse to read
         checked.body = im.body
         _check_expansion(i, checked)
         parts.append(_IMAGE.pack(*fields))
@@ -124,7 +137,10 @@ def unpack(data: bytes | bytearray | memoryview) -> tuple[list[ImageHeader], dic
     _check(data[:4] == MAGIC, f"not a .gsv payload (magic bytes {data[:4]!r}, expected {MAGIC!r})")
     _check(len(data) >= minimum, f"truncated payload: {len(data)} bytes, header needs {minimum}")
     magic, version, flags, count, meta_len = _FILE.unpack_from(data, 0)
-    _check(version == VERSION, f"unsupported .gsv version {version} (this reader knows {VERSION})")
+    _check(
+        version in VERSIONS,
+        f"unsupported .gsv version {version} (this reader knows {', '.join(map(str, VERSIONS))})",
+    )
     (stored,) = _CRC.unpack_from(data, len(data) - _CRC.size)
     actual = zlib.crc32(data[: -_CRC.size])
     _check(
@@ -148,7 +164,7 @@ def unpack(data: bytes | bytearray | memoryview) -> tuple[list[ImageHeader], dic
         _check(pos + _IMAGE.size <= end, f"image {i}: header truncated at byte {pos}")
         fields = _IMAGE.unpack_from(data, pos)
         pos += _IMAGE.size
-        header = _image_header(i, fields)
+        header = _image_header(i, fields, version)
         coded_len = fields[-1]
         _check(pos + coded_len <= end, f"image {i}: body of {coded_len} bytes runs past the end")
         header.body = data[pos : pos + coded_len]
@@ -172,7 +188,7 @@ def _parse_metadata(raw: bytes) -> dict[str, Any]:
     return meta
 
 
-def _image_header(i: int, fields: tuple) -> ImageHeader:
+def _image_header(i: int, fields: tuple, version: int) -> ImageHeader:
     h, w, n, mode_id, flags, pb, sb, ab, cb, reserved, *rest = fields
     ranges, raw_len = tuple(rest[:14]), rest[14]
     side = LIMITS["max_side"]
@@ -185,7 +201,11 @@ def _image_header(i: int, fields: tuple) -> ImageHeader:
     _check(mode_id in MODES, f"image {i}: unknown coding mode {mode_id}")
     _check(reserved == 0, f"image {i}: reserved header field is {reserved}, expected 0")
     mode = MODES[mode_id]
-    if mode == "quantised":
+    _check(
+        MODE_SINCE[mode] <= version,
+        f"image {i}: coding mode {mode_id} needs format version {MODE_SINCE[mode]}",
+    )
+    if mode in QUANTISED_MODES:
         _check(flags == 0, f"image {i}: unknown flags {flags:#x} for a quantised image")
         from gsvision.codec.quant import MAX_BITS  # limits of the quantiser
 
@@ -206,6 +226,8 @@ def _image_header(i: int, fields: tuple) -> ImageHeader:
                 all(a <= b for a, b in zip(lo, hi, strict=True)),
                 f"image {i}: a quantisation range has lo > hi",
             )
+        if mode == "quantised-rc":  # no decompression stage: the body is the range coder's
+            _check(raw_len == 0, f"image {i}: raw_len is {raw_len}, expected 0 for mode 3")
     else:
         _check(flags in (0, FLAG_OPACITY), f"image {i}: unknown flags {flags:#x}")
         _check((pb, sb, ab, cb) == (0, 0, 0, 0), f"image {i}: bit depths set for a {mode} image")
@@ -228,6 +250,14 @@ def _check_totals(total_n: int, total_raw: int, payload_len: int) -> None:
 
 def _check_expansion(i: int, header: ImageHeader) -> None:
     """Refuse bodies that would decompress out of proportion to their coded size."""
+    if header.mode == "quantised-rc":
+        per = LIMITS["rc_gaussians_per_byte"]
+        allowed = max(LIMITS["rc_gaussians_floor"], per * len(header.body))
+        _check(
+            header.n <= allowed,
+            f"image {i}: {header.n} Gaussians from {len(header.body)} range-coded bytes "
+            f"(limit {allowed})",
+        )
     allowed = max(LIMITS["expansion_floor"], LIMITS["max_expansion"] * len(header.body))
     _check(
         header.raw_len <= allowed,

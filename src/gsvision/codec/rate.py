@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gsvision.codec import decode, encode
+from gsvision.codec import current_coder, decode, encode
 from gsvision.codec.quant import QuantSpec, resolve_level
 from gsvision.fit import fit, refit_colors
 from gsvision.fit.prune import luminance_score
@@ -44,6 +44,8 @@ __all__ = [
 # Measured payload bytes per Gaussian (6 photos, 224², N = 400–2,048, `gsvision bench codec`) and
 # the PSNR each level loses to quantisation at N ≈ 1,000, with some margin.
 _BYTES_PER_GAUSSIAN = {"float32": 27.0, "float16": 14.5, "high": 9.3, "medium": 8.3, "low": 7.4}
+# ... and of the quantised levels with the range coder (format version 2; same measurement, N = 1,024)
+_BYTES_PER_GAUSSIAN_RANGE = {"high": 8.1, "medium": 7.2, "low": 6.1}
 _QUANT_LOSS_DB = {"float32": 0.0, "float16": 0.1, "high": 0.1, "medium": 0.2, "low": 0.8}
 _OVERHEAD = 110  # file header, image header, zstd frame header, checksum
 _LADDER_START = 128
@@ -100,13 +102,17 @@ def _key(level: str | QuantSpec) -> str | None:
 
 
 def bytes_per_gaussian(level: str | QuantSpec) -> float:
-    """The measured (or, for a custom spec, estimated) payload bytes per Gaussian of a level."""
+    """The measured (or, for a custom spec, estimated) payload bytes per Gaussian of a level,
+    with the coder :func:`encode` uses here (:func:`~gsvision.codec.current_coder`)."""
+    table = _BYTES_PER_GAUSSIAN
+    if current_coder() == "range":
+        table = {**table, **_BYTES_PER_GAUSSIAN_RANGE}
     key = _key(level)
     if key is not None:
-        return _BYTES_PER_GAUSSIAN[key]
+        return table[key]
     spec = resolve_level(level)  # scale the medium level's cost by the bits spent
     bits = spec.pos_bits * 1.4 + 2 * spec.scale_bits + spec.angle_bits + 3 * spec.color_bits
-    return _BYTES_PER_GAUSSIAN["medium"] * bits / (12 * 1.4 + 16 + 8 + 27)
+    return table["medium"] * bits / (12 * 1.4 + 16 + 8 + 27)
 
 
 def _quant_loss(level: str | QuantSpec) -> float:

@@ -1,0 +1,199 @@
+"""Format version 2's range-coded quantised mode (mode 3): round trips, agreement with version 1's
+mode 2 (same codes, same values), version 1 payloads still read, and hostile range-coded bodies
+refused with a CodecError naming the problem."""
+
+from __future__ import annotations
+
+import threading
+
+import codec_cases as C
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gsvision.codec import (
+    DEFAULT_CODER,
+    LIMITS,
+    CodecError,
+    QuantSpec,
+    current_coder,
+    decode,
+    decode_batch,
+    encode,
+    using_coder,
+)
+from gsvision.codec.rc import RangeError, decode_codes, encode_codes
+
+Q_BITS = (12, 8, 8, 9)
+RANGES = (0.0, 0.0, 1.0, 1.0, -1, -2, 1, 0.5, 0, -0.3, -0.3, 1.7, 0.3, 0.3)
+
+
+def rc_image(body: bytes, n: int = 2, bits=Q_BITS, version: int = 2, **fields) -> bytes:
+    header = C.image_header(n=n, mode=C.MODE_QUANTISED_RC, bits=bits, ranges=RANGES, **fields)
+    return C.build([(header, body)], version=version)
+
+
+def codes(n: int, bits, seed: int = 0):
+    pb, sb, ab, cb = bits
+    g = np.random.default_rng(seed)
+    morton = np.sort(g.integers(0, 1 << (2 * pb), n))
+    return (
+        morton,
+        g.integers(0, 1 << sb, (2, n)),
+        g.integers(0, 1 << ab, n),
+        g.integers(0, 1 << cb, (3, n)),
+    )
+
+
+@pytest.mark.parametrize(
+    "bits", [Q_BITS, (1, 1, 1, 1), (16, 12, 12, 12), (13, 9, 8, 10), (11, 7, 6, 8)]
+)
+@pytest.mark.parametrize("n", [0, 1, 7, 300])
+def test_range_coder_round_trip(bits, n):
+    want = codes(n, bits, seed=n)
+    body = encode_codes(*want, bits)
+    got = decode_codes(body, n, bits)
+    for a, b in zip(want, got, strict=True):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("level", ["high", "medium", "low", QuantSpec(16, 12, 12, 12)])
+def test_version_2_decodes_to_what_version_1_does(level):
+    """Same quantisation, another lossless stage: the decoded values are bit for bit equal, and
+    version 1 payloads (mode 2, zstd) still decode."""
+    s = C.random_splats([(37, 53), (20, 9), (64, 64)], 40, seed=3, counts=[40, 0, 17])
+    new, old = encode(s, level, coder="range"), encode(s, level, coder="zstd")
+    assert new[4] == 2 and old[4] == 1
+    a, b = decode(new), decode(old)
+    for name in ("means", "chol", "colors", "counts", "image_sizes"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    both = decode_batch([new, old, new])
+    assert torch.equal(both.means[:3], a.means) and torch.equal(both.means[3:6], a.means)
+
+
+def test_unknown_coder():
+    with pytest.raises(ValueError, match="coder must be"):
+        encode(C.random_splats([(16, 16)], 5, seed=1), "medium", coder="lzma")
+    with pytest.raises(ValueError, match="coder must be"), using_coder("lzma"):
+        pass
+
+
+def test_using_coder_sets_the_default_for_its_block_and_thread_only():
+    s = C.random_splats([(16, 16)], 5, seed=1)
+    assert current_coder() == DEFAULT_CODER == "zstd" and encode(s, "medium")[4] == 1
+    seen = []
+    with using_coder("range"):
+        assert current_coder() == "range" and encode(s, "medium")[4] == 2
+        assert encode(s, "medium", coder="zstd")[4] == 1  # an explicit coder wins
+        worker = threading.Thread(target=lambda: seen.append(encode(s, "medium")[4]))
+        worker.start()
+        worker.join()
+    assert seen == [1]  # another thread keeps the default
+    assert current_coder() == "zstd" and encode(s, "medium")[4] == 1
+
+
+def test_float_levels_still_write_version_1():
+    s = C.random_splats([(16, 16)], 5, seed=1)
+    for level in ("lossless", "f16"):
+        assert encode(s, level, coder="range") == encode(s, level, coder="zstd")
+        assert encode(s, level, coder="range")[4] == 1
+
+
+def test_range_coding_is_smaller_on_clustered_codes():
+    s = C.random_splats([(224, 224)], 1024, seed=4)
+    assert len(encode(s, "medium", coder="range")) < len(encode(s, "medium", coder="zstd"))
+
+
+def fails(payload: bytes, phrase: str) -> CodecError:
+    with pytest.raises(CodecError) as info:
+        decode(payload)
+    assert phrase in str(info.value), str(info.value)
+    _, skipped = decode_batch([payload], errors="skip")
+    assert str(skipped[0]) == str(info.value)
+    return info.value
+
+
+def test_a_valid_range_coded_image():
+    body = encode_codes(*codes(2, Q_BITS), Q_BITS)
+    assert decode(rc_image(body)).counts.tolist() == [2]
+
+
+@pytest.mark.parametrize(
+    "mutate, phrase",
+    [
+        (lambda b: b[:4], "shorter than 5 bytes"),
+        (lambda b: b"", "shorter than 5 bytes"),
+        (lambda b: b"\x01" + b[1:], "does not start with 0"),
+        (lambda b: b + b"\x00", "but its 2 Gaussians take"),
+        (lambda b: b[:-1], "but its 2 Gaussians take"),
+    ],
+    ids=["short", "empty", "first-byte", "extra-byte", "cut"],
+)
+def test_malformed_range_coded_streams(mutate, phrase):
+    body = encode_codes(*codes(2, Q_BITS), Q_BITS)
+    assert str(fails(rc_image(mutate(body)), phrase)).startswith("image 0: range-coded stream")
+
+
+def test_position_codes_beyond_their_bits():
+    """A stream coded for 16-bit positions, declared as 2-bit ones: refused, never wrapped."""
+    body = encode_codes(*codes(5, (16, 8, 8, 9)), (16, 8, 8, 9))
+    fails(rc_image(body, n=5, bits=(2, 8, 8, 9)), "image 0: a position code exceeds 4 bits")
+
+
+def test_header_rules_of_mode_3():
+    body = encode_codes(*codes(2, Q_BITS), Q_BITS)
+    fails(rc_image(body, version=1), "image 0: coding mode 3 needs format version 2")
+    fails(rc_image(body, raw_len=5), "image 0: raw_len is 5, expected 0 for mode 3")
+    fails(rc_image(body, flags=1), "unknown flags")
+    fails(rc_image(body, bits=(12, 8, 13, 9)), "angle_bits=13")
+
+
+def test_gaussians_per_coded_byte_are_bounded():
+    """A few bytes cannot declare a million Gaussians: the decoder would spend time (not memory
+    beyond the limits) on them, so the header check refuses them first."""
+    per, floor = LIMITS["rc_gaussians_per_byte"], LIMITS["rc_gaussians_floor"]
+    n = floor + 1
+    fails(
+        rc_image(bytes(5), n=n, height=1024, width=1024),
+        f"image 0: {n} Gaussians from 5 range-coded bytes (limit {floor})",
+    )
+    assert per * 5 < floor
+
+
+@given(st.binary(min_size=0, max_size=200), st.integers(0, 40))
+@C.CI
+def test_fuzz_range_decoder(body, n):
+    """Any bytes: in-range codes and the exact length consumed, or a RangeError; nothing else."""
+    try:
+        m, s, a, c = decode_codes(body, n, Q_BITS)
+    except RangeError as exc:
+        assert str(exc)
+        return
+    assert (np.diff(m) >= 0).all() and (m < 1 << 24).all()
+    assert (s < 256).all() and (a < 256).all() and (c < 512).all()
+    assert (s >= 0).all() and (a >= 0).all() and (c >= 0).all()
+
+
+def test_worked_example_of_docs_format_md():
+    """docs/format.md §10: the two-Gaussian example, in both quantised modes, byte for byte."""
+    from gsvision.splats import Splats
+
+    s = Splats(
+        torch.tensor([[[0.25, 0.5], [0.75, 0.125]]]),
+        torch.tensor([[[0.125, 0, 0.25], [0.25, -0.0625, 0.125]]]),
+        torch.tensor([[[1, 0.5, 0], [0, 0.25, 1.0]]]),
+        torch.tensor([2]),
+        torch.tensor([[3, 2]]),
+    )
+    spec = QuantSpec(4, 4, 4, 4)
+    old, new = encode(s, spec, coder="zstd"), encode(s, spec, coder="range")
+    assert C.raw_bodies(old)[0] == bytes.fromhex("55 35 00 0f 0f 00 0d 08 00 02 00 0f 02 00")
+    head, _, ((header, body),) = C.split(new)
+    assert head[1] == 2 and header["mode"] == 3 and header["raw_len"] == 0
+    assert body == bytes.fromhex("00 1d 50 f9 00 21 f0 83 5e b4 fb 60 00")
+    morton, scale, angle, color = decode_codes(body, 2, (4, 4, 4, 4))
+    assert morton.tolist() == [85, 138] and scale.tolist() == [[0, 15], [15, 0]]
+    assert angle.tolist() == [13, 8] and color.tolist() == [[0, 2], [0, 15], [2, 0]]
+    assert torch.equal(decode(old).chol, decode(new).chol)
