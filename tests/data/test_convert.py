@@ -121,6 +121,11 @@ def test_shards_use_the_fast_coder_unless_asked(tmp_path):
         assert all(int(decode(p).counts[0]) == 16 for p in payloads)
     with pytest.raises(ValueError, match="coder must be"):
         convert(pattern, tmp_path / "bad", ConvertConfig(**{**TINY.__dict__, "coder": "lzma"}))
+    # the default coder leaves a job's identity as it was before the setting existed
+    assert "coder" not in TINY.identity()
+    assert ConvertConfig(**{**TINY.__dict__, "coder": "range"}).identity()["coder"] == "range"
+    with pytest.raises(JobConflictError):  # a folder of zstd shards is another job's
+        convert(pattern, tmp_path / "zstd", ConvertConfig(**{**TINY.__dict__, "coder": "range"}))
 
 
 def test_rerun_skips_complete_shards_and_redoes_partial_ones(tmp_path):

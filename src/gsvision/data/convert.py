@@ -83,6 +83,8 @@ class ConvertConfig:
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same job (everything that changes the output)."""
         skip = {"workers", "resume", "progress", "backend", "batch", "overlap"}
+        if self.coder == "zstd":  # the default, as jobs written before the setting existed
+            skip.add("coder")
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
