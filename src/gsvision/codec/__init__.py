@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,18 +28,21 @@ from gsvision.codec.entropy import (
     planes_encode,
     varint_decode,
     varint_encode,
-    varint_values,
 )
 from gsvision.codec.format import FLAG_OPACITY as _FLAG_OPACITY
 from gsvision.codec.format import LIMITS, QUANTISED_MODES, CodecError, ImageHeader, pack, unpack
+from gsvision.codec.kernels import (
+    CODE_CHECKS,
+    VALUE_CHECKS,
+    dequantise_into,
+    morton_xy,
+    quantised_codes,
+)
 from gsvision.codec.quant import (
     _COLOR_BASIS_NP,
     LEVELS,
     QuantSpec,
-    _from_shape_np,
-    _levels,
     morton_codes,
-    morton_decode,
     quantise,
     resolve_level,
 )
@@ -428,77 +430,42 @@ def _within(n: np.ndarray) -> np.ndarray:
 def _quantised_run(
     images: list[_Image], means: np.ndarray, chol: np.ndarray, colors: np.ndarray
 ) -> dict[int, str]:
-    """Decode quantised images of one bit depth into ``means, chol, colors`` (``[G, 2|3|3]``);
-    returns each bad image's (by position) first failed check."""
-    pb, sb, ab, cb = images[0].header.bits
-    ws, wa, wc = _nbytes(sb), _nbytes(ab), _nbytes(cb)
-    per = 2 * ws + wa + 3 * wc  # byte-plane bytes per Gaussian
+    """Decode quantised images (mode 2) of one bit depth into ``means, chol, colors``
+    (``[G, 2|3|3]``); returns each bad image's (by position) first failed check."""
+    bits = images[0].header.bits
+    per = 2 * _nbytes(bits[1]) + _nbytes(bits[2]) + 3 * _nbytes(bits[3])  # plane bytes each
     n = np.array([im.header.n for im in images], np.int64)
     raws = [im.raw for im in images]
+    sizes = np.array([len(r) for r in raws], np.int64)
+    codes = _empty_codes(int(n.sum()))
+    status = np.zeros(len(images), np.int64)
+    quantised_codes(
+        np.frombuffer(b"".join(raws), np.uint8),
+        np.cumsum(sizes) - sizes,
+        sizes - per * n,  # each image's varint section: n to 5n bytes (checked before)
+        n,
+        np.cumsum(n) - n,
+        np.array(bits, np.int64),
+        *codes,
+        status,
+    )
     errors: dict[int, str] = {}
-
-    # 1. Each image's varint section (all but its n * per plane bytes) must hold exactly n varints
-    #    of 1 to 5 bytes, the last one ending it: then all sections are one varint stream. A bad
-    #    section is named as the one-image reader names it, and replaced by n zeros.
-    while True:
-        vlen = [len(r) - per * k for r, k in zip(raws, n.tolist(), strict=True)]  # n to 5n
-        vbuf = np.frombuffer(b"".join([r[:v] for r, v in zip(raws, vlen, strict=True)]), np.uint8)
-        is_end = vbuf < 0x80
-        ends = np.flatnonzero(is_end)
-        vend = np.cumsum(vlen)
-        held = np.searchsorted(ends, vend)  # varints ending in each section, and before it
-        held[1:] -= held[:-1].copy()
-        bad = held != n
-        if vbuf.size:  # (an empty stream: every n is 0)
-            bad |= (n > 0) & ~is_end[np.maximum(vend - 1, 0)]
-        lengths = ends - np.concatenate(([-1], ends[:-1]))
-        if not bad.any() and ends.size and lengths.max() > 5:
-            bad[np.repeat(np.arange(len(images)), n)[lengths > 5]] = True
-        if not bad.any():
-            break
-        for b in np.flatnonzero(bad).tolist():
-            errors[b] = _varint_error(images[b], vlen[b])
-            raws[b] = bytes(int(n[b]) * (1 + per))
-
-    first = np.cumsum(n) - n
-
-    def each(per_image: np.ndarray) -> np.ndarray:  # [I] → [G]: a value per image, per Gaussian
-        if len(n) == 1:  # one image: let numpy broadcast it
-            return per_image
-        return np.repeat(per_image, n, axis=0)  # (far faster than per_image[owner] on 2-D arrays)
-
-    # 2. Morton codes: each image's running sum of its deltas, below 2^(2P)
-    morton = np.cumsum(varint_values(vbuf, ends, lengths))
-    morton -= each(np.concatenate([[0], morton])[first])
-    if morton.size:
-        top = morton[np.maximum(first + n - 1, 0)]  # the largest code of each image
-        for b in np.flatnonzero((n > 0) & (top >= 1 << (2 * pb))).tolist():
-            errors.setdefault(b, f"a position code exceeds {2 * pb} bits")
-
-    # 3. Byte planes. Per image, rows of n bytes: scale planes x 2 channels, angle planes, colour
-    #    planes x 3 channels; gathered into rows [per, G] over all images.
-    pbuf = np.frombuffer(b"".join([r[v:] for r, v in zip(raws, vlen, strict=True)]), np.uint8)
-    if (n == n[0]).all():  # equal counts (the loader's case): a reshape, no index arithmetic
-        rows = pbuf.reshape(len(images), per, int(n[0])).transpose(1, 0, 2).reshape(per, -1)
-    else:  # row r of Gaussian j of image b at (first[b] * per) + r * n[b] + j
-        rows = pbuf[each(first * per) + _within(n) + np.arange(per)[:, None] * each(n)]
-
-    def codes(at: int, channels: int, width: int, bits: int) -> np.ndarray:  # [channels, G]
-        out = rows[at : at + channels]
-        if width == 2:
-            high = rows[at + channels : at + 2 * channels].astype(np.uint16) << 8
-            out = out.astype(np.uint16) | high
-        if bits < 8 * width and out.max(initial=0) >= 1 << bits:  # a code must fit its depth
-            owner = np.repeat(np.arange(len(n)), n)
-            for b in np.unique(owner[(out >= 1 << bits).any(0)]).tolist():
-                errors.setdefault(b, f"a code exceeds its {bits}-bit depth")
-        return out
-
-    scale = codes(0, 2, ws, sb)
-    angle = codes(2 * ws, 1, wa, ab)[0]
-    color = codes(2 * ws + wa, 3, wc, cb)
-    _dequantise_run(images, n, morton, scale, angle, color, means, chol, colors, errors)
+    for b in np.flatnonzero(status).tolist():
+        check = CODE_CHECKS[status[b]]
+        if check == "varints":
+            errors[b] = _varint_error(images[b], int(sizes[b] - per * n[b]))
+        elif check == "position code":
+            errors[b] = f"a position code exceeds {2 * bits[0]} bits"
+        else:  # a code beyond its depth, the fields in order
+            depth = {"scale depth": bits[1], "angle depth": bits[2], "colour depth": bits[3]}
+            errors[b] = f"a code exceeds its {depth[check]}-bit depth"
+    _dequantise_run(images, n, codes, means, chol, colors, errors)
     return errors
+
+
+def _empty_codes(total: int) -> tuple[np.ndarray, ...]:
+    """``(pos [2, G], scale [2, G], angle [G], color [3, G])`` int32 code arrays."""
+    return tuple(np.zeros(shape, np.int32) for shape in ((2, total), (2, total), total, (3, total)))
 
 
 def _rc_run(
@@ -509,11 +476,7 @@ def _rc_run(
     dequantisation once over all of them."""
     bits = images[0].header.bits
     n = np.array([im.header.n for im in images], np.int64)
-    total = int(n.sum())
-    morton = np.zeros(total, np.int64)
-    scale = np.zeros((2, total), np.int32)
-    angle = np.zeros(total, np.int32)
-    color = np.zeros((3, total), np.int32)
+    codes = pos, scale, angle, color = _empty_codes(int(n.sum()))
     errors: dict[int, str] = {}
     lo = 0
     for b, im in enumerate(images):
@@ -523,52 +486,52 @@ def _rc_run(
         except RangeError as exc:
             errors[b] = str(exc)
         else:
-            morton[lo:hi], scale[:, lo:hi], angle[lo:hi], color[:, lo:hi] = m, s, a, c
+            morton_xy(m, pos[:, lo:hi])
+            scale[:, lo:hi], angle[lo:hi], color[:, lo:hi] = s, a, c
         lo = hi
-    _dequantise_run(images, n, morton, scale, angle, color, means, chol, colors, errors)
+    _dequantise_run(images, n, codes, means, chol, colors, errors)
     return errors
 
 
 def _dequantise_run(
     images: list[_Image],
     n: np.ndarray,
-    morton: np.ndarray,
-    scale: np.ndarray,
-    angle: np.ndarray,
-    color: np.ndarray,
+    codes: tuple[np.ndarray, ...],
     means: np.ndarray,
     chol: np.ndarray,
     colors: np.ndarray,
     errors: dict[int, str],
 ) -> None:
-    """Values from the codes of quantised images of one bit depth (``[G]`` Morton codes,
-    ``[2, G]`` scale, ``[G]`` angle, ``[3, G]`` colour codes), into ``means, chol, colors``;
-    adds each image's first failed value check to ``errors``."""
-    pb, sb, ab, cb = images[0].header.bits
+    """Values from the codes (:func:`_empty_codes`' layout) of quantised images of one bit
+    depth, into ``means, chol, colors``; adds each image's first failed value check to
+    ``errors`` (unless it failed an earlier one), naming the first bad Gaussian."""
+    bad = np.empty((len(images), len(VALUE_CHECKS)), np.int64)
+    dequantise_into(
+        *codes,
+        n,
+        np.cumsum(n) - n,
+        np.array([im.header.ranges for im in images], np.float32).reshape(-1, 14),
+        np.array([[im.header.height, im.header.width] for im in images], np.int64).reshape(-1, 2),
+        np.array(images[0].header.bits, np.int64),
+        _COLOR_BASIS_NP,
+        means,
+        chol,
+        colors,
+        bad,
+    )
+    for b, k in zip(*np.nonzero(bad >= 0), strict=True):  # row-major: each image's first check
+        if b not in errors:
+            errors[int(b)] = _VALUE_MESSAGES[VALUE_CHECKS[k]].format(int(bad[b, k]))
 
-    def each(per_image: np.ndarray) -> np.ndarray:  # [I] → [G]: a value per image, per Gaussian
-        if len(n) == 1:  # one image: let numpy broadcast it
-            return per_image
-        return np.repeat(per_image, n, axis=0)
 
-    # 4. Dequantisation: quant.dequantise_numpy op for op (so bit for bit), one channel at a
-    #    time, with each image's ranges, steps and size repeated per Gaussian
-    ranges = np.array([im.header.ranges for im in images], np.float32)  # [I, 14]
-
-    def values(c: np.ndarray, lo: int, bits: int) -> list[np.ndarray]:  # ranges[:, lo:] field
-        k = len(c)
-        step = each((ranges[:, lo + k : lo + 2 * k] - ranges[:, lo : lo + k]).max(1) /
-                    np.float32(_levels(bits)))  # fmt: skip
-        return [each(ranges[:, lo + i]) + c[i].astype(np.float32) * step for i in range(k)]
-
-    # (a valid code is below 2^32: uint32 halves the bit twiddling's memory traffic)
-    np.stack(values(morton_decode(morton.astype(np.uint32)).T, 0, pb), -1, out=means)
-    major, minor = values(scale, 4, sb)
-    theta = angle.astype(np.float32) * np.float32(math.pi / (1 << ab))
-    hw = np.array([[im.header.width, im.header.height, im.header.height] for im in images])
-    np.divide(_from_shape_np(major, minor, theta), each(hw.astype(np.float32)), out=chol)
-    np.matmul(np.stack(values(color, 8, cb), -1), _COLOR_BASIS_NP, out=colors)
-    _check_values(n, errors, means, chol, colors, None)
+#: How a failed value check is worded (what Splats.validate says), by VALUE_CHECKS name.
+_VALUE_MESSAGES = {
+    "means": "NaN or infinite values after decoding (means, Gaussian {})",
+    "chol": "NaN or infinite values after decoding (chol, Gaussian {})",
+    "colors": "NaN or infinite values after decoding (colors, Gaussian {})",
+    "positive-definite": "decoded splats are invalid: Gaussian {} is not positive-definite "
+    "(l11 and l22 must be > 0)",
+}
 
 
 def _varint_error(im: _Image, vlen: int) -> str:

@@ -133,47 +133,55 @@ def unpack(data: bytes | bytearray | memoryview) -> tuple[list[ImageHeader], dic
         raise CodecError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
     minimum = _FILE.size + _CRC.size
-    _check(len(data) >= 4, f"payload is {len(data)} bytes, too short to be a .gsv payload")
-    _check(data[:4] == MAGIC, f"not a .gsv payload (magic bytes {data[:4]!r}, expected {MAGIC!r})")
-    _check(len(data) >= minimum, f"truncated payload: {len(data)} bytes, header needs {minimum}")
+    if len(data) < 4:
+        raise CodecError(f"payload is {len(data)} bytes, too short to be a .gsv payload")
+    if data[:4] != MAGIC:
+        raise CodecError(f"not a .gsv payload (magic bytes {data[:4]!r}, expected {MAGIC!r})")
+    if len(data) < minimum:
+        raise CodecError(f"truncated payload: {len(data)} bytes, header needs {minimum}")
     magic, version, flags, count, meta_len = _FILE.unpack_from(data, 0)
-    _check(
-        version in VERSIONS,
-        f"unsupported .gsv version {version} (this reader knows {', '.join(map(str, VERSIONS))})",
-    )
+    if version not in VERSIONS:
+        raise CodecError(
+            f"unsupported .gsv version {version} (this reader knows {', '.join(map(str, VERSIONS))})"
+        )
     (stored,) = _CRC.unpack_from(data, len(data) - _CRC.size)
     actual = zlib.crc32(data[: -_CRC.size])
-    _check(
-        stored == actual,
-        f"checksum mismatch (stored {stored:08x}, computed {actual:08x}): payload corrupt, "
-        "truncated or followed by extra bytes",
-    )
-    _check(flags == 0, f"unknown file flags {flags:#x}")
-    _check(
-        1 <= count <= LIMITS["max_images"], f"image count {count} outside 1..{LIMITS['max_images']}"
-    )
+    if stored != actual:
+        raise CodecError(
+            f"checksum mismatch (stored {stored:08x}, computed {actual:08x}): payload corrupt, "
+            "truncated or followed by extra bytes"
+        )
+    if flags != 0:
+        raise CodecError(f"unknown file flags {flags:#x}")
+    if not (1 <= count <= LIMITS["max_images"]):
+        raise CodecError(f"image count {count} outside 1..{LIMITS['max_images']}")
     end = len(data) - _CRC.size
     pos = _FILE.size
-    _check(meta_len <= LIMITS["max_metadata"], f"metadata length {meta_len} exceeds 1 MiB")
-    _check(pos + meta_len <= end, f"metadata length {meta_len} runs past the end of the payload")
+    if meta_len > LIMITS["max_metadata"]:
+        raise CodecError(f"metadata length {meta_len} exceeds 1 MiB")
+    if pos + meta_len > end:
+        raise CodecError(f"metadata length {meta_len} runs past the end of the payload")
     metadata = _parse_metadata(data[pos : pos + meta_len])
     pos += meta_len
     images = []
     total_n = total_raw = 0
     for i in range(count):
-        _check(pos + _IMAGE.size <= end, f"image {i}: header truncated at byte {pos}")
+        if pos + _IMAGE.size > end:
+            raise CodecError(f"image {i}: header truncated at byte {pos}")
         fields = _IMAGE.unpack_from(data, pos)
         pos += _IMAGE.size
         header = _image_header(i, fields, version)
         coded_len = fields[-1]
-        _check(pos + coded_len <= end, f"image {i}: body of {coded_len} bytes runs past the end")
+        if pos + coded_len > end:
+            raise CodecError(f"image {i}: body of {coded_len} bytes runs past the end")
         header.body = data[pos : pos + coded_len]
         pos += coded_len
         _check_expansion(i, header)
         images.append(header)
         total_n, total_raw = total_n + header.n, total_raw + header.raw_len
         _check_totals(total_n, total_raw, len(data))
-    _check(pos == end, f"{end - pos} unexpected bytes after the last image")
+    if pos != end:
+        raise CodecError(f"{end - pos} unexpected bytes after the last image")
     return images, metadata
 
 
@@ -184,7 +192,8 @@ def _parse_metadata(raw: bytes) -> dict[str, Any]:
         meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting: Recursion
         raise CodecError(f"metadata is not UTF-8 JSON ({exc})") from exc
-    _check(isinstance(meta, dict), f"metadata is a JSON {type(meta).__name__}, expected an object")
+    if not isinstance(meta, dict):
+        raise CodecError(f"metadata is a JSON {type(meta).__name__}, expected an object")
     return meta
 
 
@@ -192,46 +201,50 @@ def _image_header(i: int, fields: tuple, version: int) -> ImageHeader:
     h, w, n, mode_id, flags, pb, sb, ab, cb, reserved, *rest = fields
     ranges, raw_len = tuple(rest[:14]), rest[14]
     side = LIMITS["max_side"]
-    _check(1 <= h <= side and 1 <= w <= side, f"image {i}: size {h}x{w} outside 1..{side}")
-    _check(
-        n <= LIMITS["max_gaussians"],
-        f"image {i}: {n} Gaussians exceeds the limit {LIMITS['max_gaussians']}",
-    )
-    _check(n <= h * w, f"image {i}: {n} Gaussians for a {h}x{w} image (more than its pixels)")
-    _check(mode_id in MODES, f"image {i}: unknown coding mode {mode_id}")
-    _check(reserved == 0, f"image {i}: reserved header field is {reserved}, expected 0")
+    if not (1 <= h <= side and 1 <= w <= side):
+        raise CodecError(f"image {i}: size {h}x{w} outside 1..{side}")
+    if n > LIMITS["max_gaussians"]:
+        raise CodecError(f"image {i}: {n} Gaussians exceeds the limit {LIMITS['max_gaussians']}")
+    if n > h * w:
+        raise CodecError(f"image {i}: {n} Gaussians for a {h}x{w} image (more than its pixels)")
+    if mode_id not in MODES:
+        raise CodecError(f"image {i}: unknown coding mode {mode_id}")
+    if reserved != 0:
+        raise CodecError(f"image {i}: reserved header field is {reserved}, expected 0")
     mode = MODES[mode_id]
-    _check(
-        MODE_SINCE[mode] <= version,
-        f"image {i}: coding mode {mode_id} needs format version {MODE_SINCE[mode]}",
-    )
+    if MODE_SINCE[mode] > version:
+        raise CodecError(
+            f"image {i}: coding mode {mode_id} needs format version {MODE_SINCE[mode]}"
+        )
     if mode in QUANTISED_MODES:
-        _check(flags == 0, f"image {i}: unknown flags {flags:#x} for a quantised image")
+        if flags != 0:
+            raise CodecError(f"image {i}: unknown flags {flags:#x} for a quantised image")
         from gsvision.codec.quant import MAX_BITS  # limits of the quantiser
 
         for name, value in zip(MAX_BITS, (pb, sb, ab, cb), strict=True):
             top = MAX_BITS[name]
-            _check(1 <= value <= top, f"image {i}: {name}={value} outside 1..{top}")
+            if not (1 <= value <= top):
+                raise CodecError(f"image {i}: {name}={value} outside 1..{top}")
         big = LIMITS["max_abs_range"]
-        _check(
-            all(math.isfinite(r) and abs(r) <= big for r in ranges),
-            f"image {i}: a quantisation range is NaN, infinite or beyond ±{big:g}",
-        )
-        for lo, hi in (
-            (ranges[0:2], ranges[2:4]),
-            (ranges[4:6], ranges[6:8]),
-            (ranges[8:11], ranges[11:14]),
-        ):
-            _check(
-                all(a <= b for a, b in zip(lo, hi, strict=True)),
-                f"image {i}: a quantisation range has lo > hi",
-            )
+        # (a NaN or an infinity makes the sum NaN or infinite; finite values bound it)
+        if not (math.isfinite(sum(ranges)) and -big <= min(ranges) and max(ranges) <= big):
+            raise CodecError(f"image {i}: a quantisation range is NaN, infinite or beyond ±{big:g}")
+        r = ranges  # lo <= hi for pos x, y; log-scale major, minor; colour 0, 1, 2
+        if not (
+            r[0] <= r[2] and r[1] <= r[3] and r[4] <= r[6] and r[5] <= r[7]
+            and r[8] <= r[11] and r[9] <= r[12] and r[10] <= r[13]
+        ):  # fmt: skip
+            raise CodecError(f"image {i}: a quantisation range has lo > hi")
         if mode == "quantised-rc":  # no decompression stage: the body is the range coder's
-            _check(raw_len == 0, f"image {i}: raw_len is {raw_len}, expected 0 for mode 3")
+            if raw_len != 0:
+                raise CodecError(f"image {i}: raw_len is {raw_len}, expected 0 for mode 3")
     else:
-        _check(flags in (0, FLAG_OPACITY), f"image {i}: unknown flags {flags:#x}")
-        _check((pb, sb, ab, cb) == (0, 0, 0, 0), f"image {i}: bit depths set for a {mode} image")
-        _check(all(r == 0 for r in ranges), f"image {i}: ranges set for a {mode} image")
+        if flags not in (0, FLAG_OPACITY):
+            raise CodecError(f"image {i}: unknown flags {flags:#x}")
+        if (pb, sb, ab, cb) != (0, 0, 0, 0):
+            raise CodecError(f"image {i}: bit depths set for a {mode} image")
+        if any(r != 0 for r in ranges):
+            raise CodecError(f"image {i}: ranges set for a {mode} image")
     return ImageHeader(h, w, n, mode, flags, (pb, sb, ab, cb), ranges, raw_len)
 
 
@@ -239,13 +252,14 @@ def _check_totals(total_n: int, total_raw: int, payload_len: int) -> None:
     """Bound the whole payload, not only each image: the per-image floor must not add up over
     thousands of tiny images (4096 images of 1 MiB zeros each fit in a ~0.5 MB payload)."""
     top = LIMITS["max_total_gaussians"]
-    _check(total_n <= top, f"images hold {total_n} Gaussians in all, more than the limit {top}")
+    if total_n > top:
+        raise CodecError(f"images hold {total_n} Gaussians in all, more than the limit {top}")
     allowed = max(LIMITS["expansion_floor"], LIMITS["max_expansion"] * payload_len)
-    _check(
-        total_raw <= allowed,
-        f"images declare {total_raw} decoded bytes in all from a {payload_len}-byte payload "
-        f"(limit {allowed})",
-    )
+    if total_raw > allowed:
+        raise CodecError(
+            f"images declare {total_raw} decoded bytes in all from a {payload_len}-byte payload "
+            f"(limit {allowed})"
+        )
 
 
 def _check_expansion(i: int, header: ImageHeader) -> None:
@@ -253,14 +267,14 @@ def _check_expansion(i: int, header: ImageHeader) -> None:
     if header.mode == "quantised-rc":
         per = LIMITS["rc_gaussians_per_byte"]
         allowed = max(LIMITS["rc_gaussians_floor"], per * len(header.body))
-        _check(
-            header.n <= allowed,
-            f"image {i}: {header.n} Gaussians from {len(header.body)} range-coded bytes "
-            f"(limit {allowed})",
-        )
+        if header.n > allowed:
+            raise CodecError(
+                f"image {i}: {header.n} Gaussians from {len(header.body)} range-coded bytes "
+                f"(limit {allowed})"
+            )
     allowed = max(LIMITS["expansion_floor"], LIMITS["max_expansion"] * len(header.body))
-    _check(
-        header.raw_len <= allowed,
-        f"image {i}: declares {header.raw_len} decoded bytes from {len(header.body)} coded bytes "
-        f"(limit {allowed})",
-    )
+    if header.raw_len > allowed:
+        raise CodecError(
+            f"image {i}: declares {header.raw_len} decoded bytes from {len(header.body)} coded bytes "
+            f"(limit {allowed})"
+        )

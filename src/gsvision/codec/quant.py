@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gsvision.codec.kernels import dequantise_into
+
 __all__ = [
     "QuantSpec",
     "LEVELS",
@@ -215,31 +217,26 @@ def dequantise_numpy(
         flat = np.concatenate([np.asarray(t, np.float32) for t in ranges.tensors()])
     else:
         flat = np.asarray(ranges, np.float32)
-    h, w = size
-    means = _values_np(codes["pos"], flat[0:2], flat[2:4], spec.pos_bits)
-    logscale = _values_np(codes["scale"], flat[4:6], flat[6:8], spec.scale_bits)
-    theta = codes["angle"].astype(np.float32) * np.float32(math.pi / (1 << spec.angle_bits))
-    chol = _from_shape_np(logscale[:, 0], logscale[:, 1], theta)
-    chol /= np.array([w, h, h], np.float32)
-    colors_t = _values_np(codes["color"], flat[8:11], flat[11:14], spec.color_bits)
-    return means, chol, colors_t @ _COLOR_BASIS_NP
-
-
-def _values_np(codes: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
-    step = (hi - lo).max() / np.float32(_levels(bits))
-    return lo + codes.astype(np.float32) * step
-
-
-def _from_shape_np(log_major: np.ndarray, log_minor: np.ndarray, theta: np.ndarray) -> np.ndarray:
-    # Degenerate ranges (a log-scale near its ±10⁶ limit) overflow to inf/NaN here: the decoder
-    # then refuses the image, so numpy's warnings about it are noise.
-    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
-        s1, s2 = np.exp(2 * log_major), np.exp(2 * log_minor)
-        cos, sin = np.cos(theta), np.sin(theta)
-        a = s1 * cos * cos + s2 * sin * sin
-        b = (s1 - s2) * sin * cos
-        l11 = np.sqrt(a)
-        return np.stack([l11, b / l11, np.exp(log_major + log_minor) / l11], -1)
+    pos = np.asarray(codes["pos"]).reshape(-1, 2)
+    n = len(pos)
+    means, chol, colors = (np.empty((n, k), np.float32) for k in (2, 3, 3))
+    dequantise_into(
+        np.ascontiguousarray(pos.T, np.int32),
+        np.ascontiguousarray(np.asarray(codes["scale"]).reshape(n, 2).T, np.int32),
+        np.ascontiguousarray(np.asarray(codes["angle"]).reshape(n), np.int32),
+        np.ascontiguousarray(np.asarray(codes["color"]).reshape(n, 3).T, np.int32),
+        np.array([n], np.int64),
+        np.zeros(1, np.int64),
+        flat.reshape(1, 14),
+        np.array([size], np.int64),
+        np.array([spec.pos_bits, spec.scale_bits, spec.angle_bits, spec.color_bits], np.int64),
+        _COLOR_BASIS_NP,
+        means,
+        chol,
+        colors,
+        np.empty((1, 4), np.int64),
+    )
+    return means, chol, colors
 
 
 def _spread_bits(v: Tensor) -> Tensor:
@@ -265,11 +262,6 @@ def _compact_bits(v: Tensor) -> Tensor:
 def morton_codes(pos_codes: Tensor) -> Tensor:
     """``[N, 2]`` integer ``(x, y)`` codes → ``[N]`` Z-order (Morton) codes (x on the even bits)."""
     return _spread_bits(pos_codes[:, 0]) | (_spread_bits(pos_codes[:, 1]) << 1)
-
-
-def morton_decode(codes: np.ndarray) -> np.ndarray:
-    """``[N]`` Morton codes → ``[N, 2]`` ``(x, y)`` integer codes (numpy)."""
-    return np.stack([_compact_bits(codes), _compact_bits(codes >> 1)], 1)
 
 
 def morton_order(pos_codes: Tensor) -> Tensor:
