@@ -220,6 +220,27 @@ def test_fused_stem_projection_equals_stem_then_resampler(res_kw):
         per_layer(feats, kpm, stem_proj=stem.proj)
 
 
+@pytest.mark.parametrize(
+    "res_kw",
+    [{}, {"attend_latents": False}, {"null_kv": False}, {"attn_width": 16}],
+    ids=["default", "no-latent-keys", "no-null", "narrow"],
+)
+@pytest.mark.parametrize("fused", [False, True])
+def test_inference_key_slots_equal_the_training_path(res_kw, fused):
+    """Without gradients the shared keys/values are laid out once (KeySlots, written in place
+    per layer); with gradients each layer concatenates them. Same result, padding and empty
+    images included."""
+    stem, res = make(torch.float64, **res_kw)
+    s = with_garbage(random_splats([7, 3, 0], 7, dtype=torch.float64), extra=2)
+    train = encode(stem, res, s, fused)
+    with torch.no_grad():
+        infer = encode(stem, res, s, fused)
+    with torch.inference_mode():
+        infer_mode = encode(stem, res, s, fused)
+    torch.testing.assert_close(infer, train.detach(), atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(infer_mode, train.detach(), atol=1e-12, rtol=1e-10)
+
+
 def test_gradients_reach_every_parameter():
     stem, res = make()
     out = encode(stem, res, random_splats([5, 0, 2], 5))

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ResamplerCfg", "ResamplerBlock", "PerceiverResampler"]
+__all__ = ["ResamplerCfg", "ResamplerBlock", "PerceiverResampler", "KeySlots"]
 
 
 @dataclass
@@ -111,15 +111,19 @@ class TokenKV(nn.Module):
             w, b, f = w.to(dtype), b.to(dtype), feats.to(dtype)
             w_c, b_c = w - w.mean(0), b - b.mean()  # centred rows: t - mean(t)
             p = self.proj.weight.to(dtype)  # [2A, D]
-            shift = self.proj.bias.to(dtype) if self.proj.bias is not None else 0
+            shift = self.proj.bias.to(dtype) if self.proj.bias is not None else p.new_zeros(len(p))
             if self.ln.bias is not None:
                 shift = shift + p @ self.ln.bias.to(dtype)
             if self.ln.weight is not None:
                 p = p * self.ln.weight.to(dtype)
             gram, wb = w_c.T @ w_c, w_c.T @ b_c  # [F, F], [F]
             var = ((f @ gram) * f).sum(-1) + 2 * (f @ wb) + b_c @ b_c  # [B, N], times D
-            inv_sigma = torch.rsqrt((var / w.shape[0]).clamp_min(0) + self.ln.eps)
-            kv = (f @ (p @ w_c).T + p @ b_c) * inv_sigma[..., None] + shift  # [B, N, 2A]
+            inv_sigma = torch.rsqrt((var / w.shape[0]).clamp_min(0) + self.ln.eps)[..., None]
+            # (P W_c f + P b_c) / σ + shift as one product, so the [B, N, 2A] result is written
+            # once: [f / σ, 1 / σ, 1] · [P W_c, P b_c, shift]ᵀ
+            f_aug = torch.cat([f * inv_sigma, inv_sigma, torch.ones_like(inv_sigma)], -1)
+            m_aug = torch.cat([p @ w_c, (p @ b_c)[:, None], shift[:, None]], 1)  # [2A, F + 2]
+            kv = f_aug @ m_aug.T  # [B, N, 2A]
         if torch.is_autocast_enabled(device):
             kv = kv.to(torch.get_autocast_dtype(device))
         return kv
@@ -152,32 +156,80 @@ class ResamplerBlock(nn.Module):
         tokens: Tensor,  # [B, N, D] tokens, or [B, N, 2A] their shared keys/values
         key_padding_mask: Tensor,  # [B, N] bool, True = padded
         shared_kv: TokenKV | None = None,  # the projection that made shared keys/values
+        slots: KeySlots | None = None,  # shared keys/values already laid out (inference)
     ) -> Tensor:  # [B, K, D]
         """Latents and tokens may be of any batch; ``shared_kv`` is required without per-layer
-        projections (the latents' own keys/values go through the same projection as the tokens')."""
+        projections (the latents' own keys/values go through the same projection as the tokens').
+        With ``slots`` (:class:`KeySlots` of the same tokens), ``tokens`` is not read."""
         b, k, _ = latents.shape
         q_in = self.ln_q(latents)
         kv_proj = self.kv_tokens if self.kv_tokens is not None else shared_kv
-        kv = self.kv_tokens(tokens) if self.kv_tokens is not None else tokens  # [B, N, 2A]
-        keep = ~key_padding_mask  # [B, N]
-        parts, keeps = [kv], [keep]
-        if self.null_kv is not None:
-            parts.insert(0, self.null_kv.to(kv.dtype).reshape(1, 1, -1).expand(b, 1, -1))
-            keeps.insert(0, keep.new_ones(b, 1))
-        if self.attend_latents:
-            parts.append(kv_proj(latents))  # [B, K, 2A]
-            keeps.append(keep.new_ones(b, k))
-        kv = torch.cat(parts, 1)  # [B, L, 2A]
-        keep = torch.cat(keeps, 1)  # [B, L]
         h = self.heads
         q = self.q(q_in).unflatten(-1, (h, -1)).transpose(1, 2)  # [B, h, K, A/h]
-        key, value = kv.unflatten(-1, (2, h, -1)).permute(2, 0, 3, 1, 4)  # 2 × [B, h, L, A/h]
-        mask = keep[:, None, None, :]  # [B, 1, 1, L], True = attend
+        if slots is not None:
+            key, value, mask = slots.fill(
+                self.null_kv, kv_proj(latents) if self.attend_latents else None
+            )
+        else:
+            kv = self.kv_tokens(tokens) if self.kv_tokens is not None else tokens  # [B, N, 2A]
+            keep = ~key_padding_mask  # [B, N]
+            parts, keeps = [kv], [keep]
+            if self.null_kv is not None:
+                parts.insert(0, self.null_kv.to(kv.dtype).reshape(1, 1, -1).expand(b, 1, -1))
+                keeps.insert(0, keep.new_ones(b, 1))
+            if self.attend_latents:
+                parts.append(kv_proj(latents))  # [B, K, 2A]
+                keeps.append(keep.new_ones(b, k))
+            kv = torch.cat(parts, 1)  # [B, L, 2A]
+            keep = torch.cat(keeps, 1)  # [B, L]
+            key, value = kv.unflatten(-1, (2, h, -1)).permute(2, 0, 3, 1, 4)  # 2 × [B, h, L, A/h]
+            mask = keep[:, None, None, :]  # [B, 1, 1, L], True = attend
         x = F.scaled_dot_product_attention(q, key, value, attn_mask=mask)  # [B, h, K, A/h]
         latents = latents + self.out(x.transpose(1, 2).flatten(2))
         if self.mlp is not None:
             latents = latents + self.mlp(self.ln_2(latents))
         return latents
+
+
+class KeySlots:
+    """The keys and values of ``[null; tokens; latents]`` for every layer of a resampler with
+    shared token keys/values, laid out once as attention reads them (``[2, B, h, L, A/h]``,
+    contiguous): each layer writes only its null and latent slots, in place.
+
+    Without it each layer concatenates the three (copying all ``N`` token rows, ~0.15 GB per
+    layer at batch 64, N = 1,024) and attention re-lays them out per head. In-place writes are
+    invisible to autograd's saved tensors, so the resampler uses this only where gradients are
+    off (inference, evaluation).
+    """
+
+    def __init__(
+        self, token_kv: Tensor, key_padding_mask: Tensor, heads: int, num_latents: int,
+        null: bool, latents: bool,
+    ) -> None:  # fmt: skip
+        b, n, two_a = token_kv.shape
+        self.n, self.lead = n, int(null)
+        length = self.lead + n + (num_latents if latents else 0)
+        self.kv = token_kv.new_empty(2, b, heads, length, two_a // (2 * heads))
+        self.kv[:, :, :, self.lead : self.lead + n] = token_kv.unflatten(
+            -1, (2, heads, -1)
+        ).permute(2, 0, 3, 1, 4)
+        keep = torch.ones(b, length, dtype=torch.bool, device=token_kv.device)
+        keep[:, self.lead : self.lead + n] = ~key_padding_mask
+        self.mask = keep[:, None, None, :]  # [B, 1, 1, L], True = attend
+
+    def fill(
+        self, null_kv: Tensor | None, latent_kv: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One layer's ``(keys, values, mask)``: its null key/value ``[2, A]`` and its latents'
+        keys/values ``[B, K, 2A]`` written into their slots."""
+        two, b, h, _, d = self.kv.shape
+        if null_kv is not None:
+            self.kv[:, :, :, 0] = null_kv.to(self.kv.dtype).reshape(2, 1, h, d)
+        if latent_kv is not None:
+            self.kv[:, :, :, self.lead + self.n :] = latent_kv.unflatten(-1, (2, h, -1)).permute(
+                2, 0, 3, 1, 4
+            )
+        return self.kv[0], self.kv[1], self.mask
 
 
 class PerceiverResampler(nn.Module):
@@ -226,6 +278,13 @@ class PerceiverResampler(nn.Module):
             if self.kv_tokens is not None:
                 tokens = self.kv_tokens(tokens)  # [B, N, 2A], once for every layer
         x = self.latents.to(tokens.dtype).expand(b, -1, -1)  # [B, K, D]
+        slots = None
+        if self.kv_tokens is not None and not torch.is_grad_enabled():
+            cfg = self.cfg
+            slots = KeySlots(
+                tokens, key_padding_mask, cfg.heads, cfg.num_latents, cfg.null_kv,
+                cfg.attend_latents,
+            )  # fmt: skip
         for block in self.blocks:
-            x = block(x, tokens, key_padding_mask, self.kv_tokens)
+            x = block(x, tokens, key_padding_mask, self.kv_tokens, slots)
         return self.ln_post(x)
