@@ -158,14 +158,16 @@ class ResamplerBlock(nn.Module):
         shared_kv: TokenKV | None = None,  # the projection that made shared keys/values
         slots: KeySlots | None = None,  # shared keys/values already laid out (inference)
     ) -> Tensor:  # [B, K, D]
-        """Latents and tokens may be of any batch; ``shared_kv`` is required without per-layer
-        projections (the latents' own keys/values go through the same projection as the tokens').
-        With ``slots`` (:class:`KeySlots` of the same tokens), ``tokens`` is not read."""
-        b, k, _ = latents.shape
+        """``shared_kv`` is required without per-layer projections (the latents' own keys/values
+        go through the same projection as the tokens'). With ``slots`` (:class:`KeySlots` of the
+        same tokens), ``tokens`` is not read. ``latents`` may have a batch of 1 (the same for
+        every image, as entering the first layer): its projections are then computed once."""
+        b, k = tokens.shape[0], latents.shape[1]
         q_in = self.ln_q(latents)
         kv_proj = self.kv_tokens if self.kv_tokens is not None else shared_kv
         h = self.heads
-        q = self.q(q_in).unflatten(-1, (h, -1)).transpose(1, 2)  # [B, h, K, A/h]
+        q = self.q(q_in).unflatten(-1, (h, -1)).transpose(1, 2)  # [B or 1, h, K, A/h]
+        q = q.expand(b, -1, -1, -1)
         if slots is not None:
             key, value, mask = slots.fill(
                 self.null_kv, kv_proj(latents) if self.attend_latents else None
@@ -178,7 +180,7 @@ class ResamplerBlock(nn.Module):
                 parts.insert(0, self.null_kv.to(kv.dtype).reshape(1, 1, -1).expand(b, 1, -1))
                 keeps.insert(0, keep.new_ones(b, 1))
             if self.attend_latents:
-                parts.append(kv_proj(latents))  # [B, K, 2A]
+                parts.append(kv_proj(latents).expand(b, -1, -1))  # [B, K, 2A]
                 keeps.append(keep.new_ones(b, k))
             kv = torch.cat(parts, 1)  # [B, L, 2A]
             keep = torch.cat(keeps, 1)  # [B, L]
@@ -265,7 +267,6 @@ class PerceiverResampler(nn.Module):
         the tokens ``stem_proj(features)`` are never made: the same result up to rounding, with
         less arithmetic and memory (:meth:`TokenKV.from_features`).
         """
-        b = tokens.shape[0]
         if key_padding_mask is None:
             key_padding_mask = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         key_padding_mask = key_padding_mask.bool()
@@ -277,7 +278,7 @@ class PerceiverResampler(nn.Module):
             tokens = tokens.masked_fill(key_padding_mask[..., None], 0.0)
             if self.kv_tokens is not None:
                 tokens = self.kv_tokens(tokens)  # [B, N, 2A], once for every layer
-        x = self.latents.to(tokens.dtype).expand(b, -1, -1)  # [B, K, D]
+        x = self.latents.to(tokens.dtype)[None]  # [1, K, D]: the first layer broadcasts them
         slots = None
         if self.kv_tokens is not None and not torch.is_grad_enabled():
             cfg = self.cfg
