@@ -130,7 +130,7 @@ def _add_fit_arguments(
     p.add_argument(
         "--level",
         default="medium",
-        help="codec level: lossless, f16, high, medium (default), low",
+        help="codec level: lossless, f16, high, medium (default), low, lower, xlow, xxlow",
     )
     p.add_argument(
         "--format",

@@ -22,7 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iters", type=_positive_int, default=500, help="iteration budget per image")
     p.add_argument("--size", type=_parse_fit_size, default=224, metavar="S|WxH", help="fit size")
     p.add_argument(
-        "--level", default="medium", help="codec level (lossless, f16, high, medium, low)"
+        "--level",
+        default="medium",
+        help="codec level (lossless, f16, high, medium, low, lower, xlow, xxlow)",
     )
     p.add_argument(
         "--coder",

@@ -19,13 +19,22 @@ def test_bench_codec_quick_writes_its_json_and_figure(tmp_path):
     assert data["machine"]["cpu_count"] >= 1
     assert [f["n"] for f in data["gsvision"]["fits"]] == [24, 64]
     points = data["gsvision"]["points"]
-    assert {p["level"] for p in points} == {"f16", "high", "medium", "low"}
+    assert {p["level"] for p in points} == {
+        "f16",
+        "high",
+        "medium",
+        "low",
+        "lower",
+        "xlow",
+        "xxlow",
+    }
     for p in points + [r for rows in data["codecs"].values() for r in rows]:
         assert p["bytes"] > 0 and math.isfinite(p["psnr"]) and -1 <= p["ssim"] <= 1
         assert p["ratio"] == pytest.approx(3 * 64 * 64 / p["bytes"])
     for n in (24, 64):  # finer levels cost more bytes
         by_level = {p["level"]: p["bytes"] for p in points if p["n"] == n}
-        assert by_level["high"] >= by_level["medium"] >= by_level["low"]
+        assert by_level["high"] >= by_level["medium"] >= by_level["low"] >= by_level["xlow"]
+        assert by_level["lower"] >= by_level["xlow"] >= by_level["xxlow"]
     assert data["codecs"]["jpeg"], "Pillow always has JPEG"
     for rows in data["codecs"].values():
         nbytes = [r["bytes"] for r in sorted(rows, key=lambda r: r["quality"])]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gsvision.codec import decode, encode
+from gsvision.codec import decode, encode, using_coder
 from gsvision.codec.quant import QuantSpec
 from gsvision.codec.rate import RateTarget, bytes_per_gaussian, fit_and_encode, trim_to_bytes
 from gsvision.fit.prune import luminance_score
@@ -147,8 +147,11 @@ def test_too_small_budget_names_the_problem():
 
 
 def test_cost_table_orders_levels():
-    costs = [bytes_per_gaussian(k) for k in ("lossless", "f16", "high", "medium", "low")]
-    assert costs == sorted(costs, reverse=True)
+    names = ("lossless", "f16", "high", "medium", "low", "lower", "xlow", "xxlow")
+    for coder in ("zstd", "range"):
+        with using_coder(coder):
+            costs = [bytes_per_gaussian(k) for k in names]
+        assert costs == sorted(costs, reverse=True)
     assert bytes_per_gaussian(QuantSpec(8, 5, 5, 5)) < bytes_per_gaussian("low")
 
 

@@ -28,8 +28,8 @@ from gsvision.codec.quant import _COLOR_BASIS, dequantise, morton_codes, quantis
 from gsvision.io import SplatFileError, load_splats, save_splats
 from gsvision.splats import Splats
 
-QUANTISED = ["high", "medium", "low", QuantSpec(8, 6, 5, 6), QuantSpec(16, 12, 12, 12)]
-QUANT_IDS = ["high", "medium", "low", "spec-8-6-5-6", "spec-16-12-12-12"]
+QUANTISED = ["high", "medium", "low", "xxlow", QuantSpec(8, 6, 5, 6), QuantSpec(16, 12, 12, 12)]
+QUANT_IDS = ["high", "medium", "low", "xxlow", "spec-8-6-5-6", "spec-16-12-12-12"]
 
 
 def bits_of(t: torch.Tensor) -> torch.Tensor:

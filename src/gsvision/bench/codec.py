@@ -300,7 +300,7 @@ def _plot(result: dict, path: Path) -> None:
 
     points, fronts = result["gsvision"]["points"], result["fronts"]
     colours = {"gsvision": "C3", "jpeg": "C0", "webp": "C2", "avif": "C4"}
-    markers = {"high": "^", "medium": "o", "low": "v"}
+    markers = {"high": "^", "medium": "o", "low": "v", "lower": "<", "xlow": ">", "xxlow": "D"}
     names = {"jpeg": "JPEG (Pillow, optimize)", "webp": "WebP (Pillow, method 6)", "avif": "AVIF"}
     everything = [p["bpp"] for p in points] + [p["bpp"] for f in fronts.values() for p in f["psnr"]]
     lo, hi = min(everything), max(everything)
@@ -356,13 +356,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="gsvision bench codec", description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument(
-        "--n", type=int, nargs="+", default=[96, 160, 256, 400, 640, 1024, 1600, 2400, 3136]
+        "--n",
+        type=int,
+        nargs="+",
+        default=[96, 160, 256, 320, 400, 512, 640, 800, 1024, 1280, 1600, 2400, 3136],
     )
     ap.add_argument("--iters", type=int, default=1000)
     ap.add_argument(
         "--levels",
         nargs="+",
-        default=["f16", "high", "medium", "low"],
+        default=["f16", "high", "medium", "low", "lower", "xlow", "xxlow"],
         help="codec levels, or P-S-A-C bit depths for a custom QuantSpec (f16 is the reference)",
     )
     ap.add_argument(

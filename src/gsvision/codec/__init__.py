@@ -3,9 +3,10 @@
 ``encode(splats, level=...)`` turns a batch into one payload; ``decode(payload)`` returns the batch,
 and ``decode_batch(payloads)`` many payloads as one padded batch, in one vectorised pass.
 Levels: ``"lossless"`` (float32, bit-exact, opacities kept), ``"f16"`` (float16), and the quantised
-presets ``"high"``, ``"medium"`` (default), ``"low"`` or any :class:`QuantSpec`; quantised levels
-fold opacities into colours and store Gaussians in Z-order. ``decode`` is safe on untrusted bytes:
-every failure is a :class:`CodecError` naming the problem (docs/format.md lists them).
+presets ``"high"``, ``"medium"`` (default), ``"low"``, ``"lower"``, ``"xlow"``, ``"xxlow"`` or any
+:class:`QuantSpec`; quantised levels fold opacities into colours and store Gaussians in Z-order.
+``decode`` is safe on untrusted bytes: every failure is a :class:`CodecError` naming the problem
+(docs/format.md lists them).
 """
 
 from __future__ import annotations

@@ -69,6 +69,11 @@ LEVELS: dict[str, QuantSpec | str] = {
     "high": QuantSpec(pos_bits=13, scale_bits=9, angle_bits=8, color_bits=10),
     "medium": QuantSpec(pos_bits=12, scale_bits=8, angle_bits=8, color_bits=9),
     "low": QuantSpec(pos_bits=11, scale_bits=7, angle_bits=6, color_bits=8),
+    # coarser presets: at a byte budget, more Gaussians at fewer bits beat fewer at more
+    # (docs/benchmarks.md); the closed-loop encoder's chosen colour codes make them pay
+    "lower": QuantSpec(pos_bits=11, scale_bits=6, angle_bits=7, color_bits=8),
+    "xlow": QuantSpec(pos_bits=10, scale_bits=6, angle_bits=6, color_bits=7),
+    "xxlow": QuantSpec(pos_bits=9, scale_bits=5, angle_bits=6, color_bits=7),
 }
 
 

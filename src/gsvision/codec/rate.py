@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from gsvision.codec import current_coder, decode, encode
+from gsvision.codec.colour_rd import quantised_colours
 from gsvision.codec.quant import QuantSpec, resolve_level
 from gsvision.fit import fit, refit_colors
 from gsvision.fit.prune import luminance_score
@@ -43,10 +44,40 @@ __all__ = [
 
 # Measured payload bytes per Gaussian (6 photos, 224², N = 400–2,048, `gsvision bench codec`) and
 # the PSNR each level loses to quantisation at N ≈ 1,000, with some margin.
-_BYTES_PER_GAUSSIAN = {"float32": 27.0, "float16": 14.5, "high": 9.3, "medium": 8.3, "low": 7.4}
+_BYTES_PER_GAUSSIAN = {
+    "float32": 27.0,
+    "float16": 14.5,
+    "high": 9.3,
+    "medium": 8.3,
+    "low": 7.4,
+    "lower": 7.35,
+    "xlow": 6.6,
+    "xxlow": 6.0,
+}
 # ... and of the quantised levels with the range coder (format version 2; same measurement, N = 1,024)
-_BYTES_PER_GAUSSIAN_RANGE = {"high": 8.1, "medium": 7.2, "low": 6.1}
-_QUANT_LOSS_DB = {"float32": 0.0, "float16": 0.1, "high": 0.1, "medium": 0.2, "low": 0.8}
+_BYTES_PER_GAUSSIAN_RANGE = {
+    "high": 8.1,
+    "medium": 7.2,
+    "low": 6.1,
+    "lower": 6.0,
+    "xlow": 5.25,
+    "xxlow": 4.75,
+}
+_QUANT_LOSS_DB = {
+    "float32": 0.0,
+    "float16": 0.1,
+    "high": 0.1,
+    "medium": 0.2,
+    "low": 0.8,
+    "lower": 0.6,
+    "xlow": 1.1,
+    "xxlow": 2.0,
+}
+#: Whether the closed loop chooses colour codes for the image (codec/colour_rd.py: +0.03 dB at
+#: ``medium``, +0.15-0.3 dB at 7-8 colour bits) or rounds them. ``None``: only where bytes are the
+#: point, i.e. with the range coder (``.gsv`` files, the edge client); it costs ~0.3 s of CPU per
+#: image of 1,024 Gaussians, which would slow the conversion job's zstd shards.
+CHOOSE_COLOURS: bool | None = None
 _OVERHEAD = 110  # file header, image header, zstd frame header, checksum
 _LADDER_START = 128
 _DB_PER_DOUBLING = 3.0  # PSNR gained per doubling of N, measured 3-4 dB (docs/benchmarks.md)
@@ -165,7 +196,9 @@ def encode_closed_loop(
 
     Quantising positions and shapes moves every Gaussian a little; least-squares colours for the
     geometry the decoder will see win back 35–50% of the PSNR that quantisation costs (measured
-    at N = 1,024 on the six sample photos), for 16 renders' worth of time.
+    at N = 1,024 on the six sample photos), for 16 renders' worth of time. With the range coder
+    (see :data:`CHOOSE_COLOURS`) the colour codes are then chosen for the image
+    (:func:`~gsvision.codec.colour_rd.quantised_colours`) rather than rounded one by one.
     """
     if isinstance(resolve_level(level), str):  # float levels: nothing to win back
         return trim_to_bytes(splats, budget, level)[1] if budget else encode(splats, level)
@@ -176,7 +209,7 @@ def encode_closed_loop(
         else:
             payload = encode(splats, level)
         geometry = decode(payload)
-        refit = encode(refit_colors(geometry, image[None]), level)
+        refit = encode(_chosen_colours(refit_colors(geometry, image[None]), image, level), level)
         if budget is None or len(refit) <= budget:
             return _better(refit, payload, image)
         if slack >= budget // 4:  # colours kept needing more room: keep the plain payload
@@ -221,7 +254,7 @@ def encode_closed_loop_batch(
         batch = _on(Splats.cat([geometry[i].compact(cap) for i in idx]), device)
         solved = refit_colors(batch, _on(torch.stack([images[i] for i in idx]), device)).to("cpu")
         for j, i in enumerate(idx):
-            refit[i] = encode(solved[j], level)
+            refit[i] = encode(_chosen_colours(solved[j], images[i], level), level)
     out = []
     for i, budget in enumerate(budgets):
         if budget is not None and len(refit[i]) > budget:  # colours need more room: slow path
@@ -229,6 +262,17 @@ def encode_closed_loop_batch(
         else:
             out.append(_better(refit[i], plain[i], _on(images[i], device)))
     return out
+
+
+def _chosen_colours(splats: Splats, image: Tensor, level: str | QuantSpec) -> Splats:
+    """One image's re-solved colours moved onto the level's colour grid by
+    :func:`~gsvision.codec.colour_rd.quantised_colours` (rounding errors compensated by the
+    colours not yet rounded), as :data:`CHOOSE_COLOURS` says."""
+    spec = resolve_level(level)
+    choose = current_coder() == "range" if CHOOSE_COLOURS is None else CHOOSE_COLOURS
+    if not choose or not isinstance(spec, QuantSpec):
+        return splats
+    return quantised_colours(splats.compact(int(splats.counts[0])), image.to("cpu"), spec)
 
 
 def _on(x, device):

@@ -1,0 +1,113 @@
+"""Colour codes chosen for the image (codec/colour_rd.py): on the grid, reproduced by the encoder,
+and closer to the image than rounding the least-squares colours."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gsvision.codec import decode, encode, using_coder
+from gsvision.codec import rate as rate_mod
+from gsvision.codec.colour_rd import _weights, quantised_colours
+from gsvision.codec.quant import QuantSpec, quantise
+from gsvision.fit import fit, refit_colors
+from gsvision.raster import render
+from gsvision.raster.reference import render_reference
+from gsvision.splats import Splats
+
+SPEC = QuantSpec(10, 6, 6, 5)  # coarse colour: rounding errors large enough to matter
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:40, 0:40] / 40
+    rgb = np.stack([np.sin(5 * x + 1), np.cos(4 * y), np.sin(3 * (x + y))], -1) * 0.4 + 0.5
+    rgb = rgb + 0.05 * rng.standard_normal(rgb.shape)
+    image = (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+    result = fit([image], 80, iters=60)
+    return result.splats[0].fold_opacity(), result.targets[0]
+
+
+def _mse(splats: Splats, image: torch.Tensor) -> float:
+    h, w = image.shape[:2]
+    return float(((render(splats, h, w)[0] - image) ** 2).mean())
+
+
+def test_weights_are_the_reference_rasteriser_s():
+    s = Splats.create(
+        torch.tensor([[[0.3, 0.4], [0.95, 0.1], [0.5, 0.5]]]),
+        torch.tensor([[[0.05, 0.01, 0.03], [0.1, -0.05, 0.02], [0.002, 0.0, 0.002]]]),
+        torch.ones(1, 3, 3),
+        (24, 32),
+    )
+    wm, diag = _weights(s.pixel_means(24, 32)[0].double(), s.pixel_chol(24, 32)[0].double(), 24, 32)
+    for i in range(3):
+        one = Splats.create(
+            s.means[:, i : i + 1], s.chol[:, i : i + 1], torch.ones(1, 1, 3), (24, 32)
+        )
+        ref = render_reference(one.to(torch.float64), 24, 32)[0, ..., 0].reshape(-1)
+        row = wm.to_dense()[i]
+        torch.testing.assert_close(row, ref, rtol=1e-5, atol=1e-6)
+        assert float(diag[i]) == pytest.approx(float((ref * ref).sum()))
+
+
+def test_colours_lie_on_the_grid_and_the_encoder_keeps_them(fitted):
+    splats, image = fitted
+    geometry = decode(encode(splats, SPEC))
+    chosen = quantised_colours(geometry, image, SPEC)
+    assert torch.equal(chosen.means, geometry.means) and torch.equal(chosen.chol, geometry.chol)
+    payload = encode(chosen, SPEC)
+    back = decode(payload)
+    # the decoder returns the chosen values: a code one off would be a colour step (~1e-2) away
+    torch.testing.assert_close(back.colors, chosen.colors, rtol=0, atol=1e-5)
+    codes, _ = quantise(chosen.means[0], chosen.chol[0], chosen.colors[0], (40, 40), SPEC)
+    assert int(codes["color"].max()) == (1 << SPEC.color_bits) - 1  # the full range kept
+    assert int(codes["color"].min()) == 0
+
+
+def test_chosen_codes_beat_rounding_the_least_squares_colours(fitted):
+    splats, image = fitted
+    geometry = decode(encode(splats, SPEC))
+    solved = refit_colors(geometry, image[None])
+    rounded = decode(encode(solved, SPEC))
+    chosen = decode(encode(quantised_colours(solved, image, SPEC), SPEC))
+    base = _mse(solved, image)  # the error before the colours are quantised
+    assert _mse(chosen, image) - base < 0.75 * (_mse(rounded, image) - base)
+
+
+def test_closed_loop_chooses_codes_with_the_range_coder(fitted, monkeypatch):
+    splats, image = fitted
+
+    def closed(coder: str) -> bytes:
+        with using_coder(coder):
+            return rate_mod.encode_closed_loop_batch([splats], [image], SPEC)[0]
+
+    on = closed("range")  # default (CHOOSE_COLOURS None): chosen with the range coder only
+    assert decode(on).counts.tolist() == [80]
+    monkeypatch.setattr(rate_mod, "CHOOSE_COLOURS", False)
+    off = closed("range")
+    assert _mse(decode(on), image) < _mse(decode(off), image)
+    monkeypatch.setattr(rate_mod, "CHOOSE_COLOURS", None)
+    plain_zstd = closed("zstd")
+    monkeypatch.setattr(rate_mod, "CHOOSE_COLOURS", True)
+    chosen_zstd = closed("zstd")
+    assert torch.equal(decode(plain_zstd).colors, decode(off).colors)
+    assert _mse(decode(chosen_zstd), image) < _mse(decode(plain_zstd), image)
+    single = rate_mod.encode_closed_loop(splats, image, SPEC)  # the one-image path too
+    assert _mse(decode(single), image) < _mse(decode(plain_zstd), image)
+
+
+def test_degenerate_cases_are_left_alone():
+    empty = Splats.create(torch.zeros(1, 0, 2), torch.zeros(1, 0, 3), torch.zeros(1, 0, 3), (8, 8))
+    image = torch.full((8, 8, 3), 0.5)
+    assert quantised_colours(empty, image, SPEC) is empty
+    flat = Splats.create(  # one colour for all: no colour range, nothing to choose
+        torch.rand(1, 5, 2),
+        torch.tensor([[[0.2, 0.0, 0.2]]]).expand(1, 5, 3),
+        torch.full((1, 5, 3), 0.0),
+        (8, 8),
+    )
+    out = quantised_colours(flat, torch.zeros(8, 8, 3), SPEC)
+    assert torch.equal(out.colors, flat.colors)
