@@ -41,7 +41,8 @@ from gsvision.bench._common import write_result
 
 __all__ = ["main"]
 
-TARGET_SPEEDUP = 31.0  # what the system this project implements reports
+TARGET_SPEEDUP = 31.0  # what the system this project implements reports, loading DataComp
+TARGET_SOURCE = "datacomp"  # the source size that target is judged against (when it runs)
 
 
 def _make_shards(root: Path, args) -> tuple[list[str], dict[str, list[str]], dict]:
@@ -336,7 +337,10 @@ def main(argv: list[str] | None = None) -> dict:
             "best_speedup": best_src,
             "meets_target": best_src >= TARGET_SPEEDUP,
         }
-    best = by_source[args.sources[0]]["best_speedup"]
+    # The target is the paper's figure for DataComp: judged against the DataComp-size source
+    # when it ran (the crawl's smaller images are cheaper to decode than DataComp's).
+    target_source = TARGET_SOURCE if TARGET_SOURCE in by_source else args.sources[0]
+    best = by_source[target_source]["best_speedup"]
     result = {
         "settings": {**vars(args), "rgb_image_size": 224},
         "splat_shards": fit_info,
@@ -353,6 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
         "breakdown_us_per_sample_one_thread": breakdown,
         "target_speedup": TARGET_SPEEDUP,
         "by_source": by_source,
+        "target_source": target_source,
         "best_speedup": best,
         "meets_target": best >= TARGET_SPEEDUP,
         "wall_seconds_timing": time.perf_counter() - t0,
