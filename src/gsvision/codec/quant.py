@@ -254,16 +254,6 @@ def _spread_bits(v: Tensor) -> Tensor:
     return v
 
 
-def _compact_bits(v: Tensor) -> Tensor:
-    """Inverse of :func:`_spread_bits`."""
-    v = v & 0x55555555
-    v = (v | (v >> 1)) & 0x33333333
-    v = (v | (v >> 2)) & 0x0F0F0F0F
-    v = (v | (v >> 4)) & 0x00FF00FF
-    v = (v | (v >> 8)) & 0x0000FFFF
-    return v
-
-
 def morton_codes(pos_codes: Tensor) -> Tensor:
     """``[N, 2]`` integer ``(x, y)`` codes → ``[N]`` Z-order (Morton) codes (x on the even bits)."""
     return _spread_bits(pos_codes[:, 0]) | (_spread_bits(pos_codes[:, 1]) << 1)
