@@ -525,11 +525,13 @@ def _dequantise_run(
             errors[int(b)] = _VALUE_MESSAGES[VALUE_CHECKS[k]].format(int(bad[b, k]))
 
 
-#: How a failed value check is worded (what Splats.validate says), by VALUE_CHECKS name.
+#: How a failed value check is worded (what Splats.validate says), by VALUE_CHECKS name (and
+#: opacities, which only the float modes hold).
 _VALUE_MESSAGES = {
     "means": "NaN or infinite values after decoding (means, Gaussian {})",
     "chol": "NaN or infinite values after decoding (chol, Gaussian {})",
     "colors": "NaN or infinite values after decoding (colors, Gaussian {})",
+    "opacities": "NaN or infinite values after decoding (opacities, Gaussian {})",
     "positive-definite": "decoded splats are invalid: Gaussian {} is not positive-definite "
     "(l11 and l22 must be > 0)",
 }
@@ -592,14 +594,8 @@ def _check_values(n: np.ndarray, errors: dict[int, str], means, chol, colors, op
     fields = {"means": means, "chol": chol, "colors": colors, "opacities": opacities}
     for name, v in fields.items():
         if v is not None and not np.isfinite(v).all():
-            flag(
-                ~np.isfinite(v).all(-1),
-                f"NaN or infinite values after decoding ({name}, Gaussian {{}})",
-            )
-    flag(
-        (chol[:, 0] <= 0) | (chol[:, 2] <= 0),
-        "decoded splats are invalid: Gaussian {} is not positive-definite (l11 and l22 must be > 0)",
-    )
+            flag(~np.isfinite(v).all(-1), _VALUE_MESSAGES[name])
+    flag((chol[:, 0] <= 0) | (chol[:, 2] <= 0), _VALUE_MESSAGES["positive-definite"])
     if opacities is not None:
         flag(
             (opacities[:, 0] < 0) | (opacities[:, 0] > 1),

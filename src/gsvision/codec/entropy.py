@@ -75,8 +75,8 @@ def varint_values(buf: np.ndarray, ends: np.ndarray, lengths: np.ndarray) -> np.
     """The values of consecutive varints at the start of ``buf`` (uint8), given where each ends
     (the index of its last byte) and its length, 1 to 5 bytes (the caller checks both).
 
-    One gather per byte position, for all varints at once; :func:`varint_decode` and the batch
-    decoder (which reads the varints of many images in one call) share it.
+    One gather per byte position, for all varints at once (the one-image reader; the batch decoder
+    reads varints in :func:`gsvision.codec.kernels.quantised_codes`).
     """
     used = int(ends[-1]) + 1 if ends.size else 0
     if used == ends.size:  # every varint one byte long
