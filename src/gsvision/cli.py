@@ -147,6 +147,13 @@ def _add_fit_arguments(
         "(default: %(default)s)",
     )
     p.add_argument("--init", default="adaptive", help="initialisation: adaptive, grid or random")
+    p.add_argument(
+        "--relocate",
+        type=float,
+        default=0.05,
+        help="share of Gaussians moved to high-error pixels per relocation round (0: off; "
+        "default %(default)s)",
+    )
     p.add_argument("--l1", type=float, default=0.0, help="L1 colour penalty λ (prepares pruning)")
     p.add_argument("--prune-tau", type=float, default=0.0, help="prune Gaussians scoring below τ")
     p.add_argument("--prune-score", default="luminance", help="luminance or footprint")
@@ -178,6 +185,7 @@ def _fit_settings(args: argparse.Namespace) -> dict[str, Any]:
         "target_psnr": args.psnr,
         "size": args.size,
         "init": args.init,
+        "relocate": args.relocate,
         "l1": args.l1,
         "prune_tau": args.prune_tau,
         "prune_score": args.prune_score,

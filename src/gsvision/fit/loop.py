@@ -29,6 +29,7 @@ from torch import Tensor
 
 from gsvision.fit.init import INIT_METHODS, initialise
 from gsvision.fit.prune import SCORES, l1_penalty, prune
+from gsvision.fit.relocate import relocate, relocation_steps
 from gsvision.metrics import psnr, ssim
 from gsvision.raster import render, resolve_backend
 from gsvision.splats import Splats
@@ -62,6 +63,8 @@ class FitConfig:
     lr_final: float = 0.01  # cosine decay down to this fraction of each rate
     chol_range: tuple[float, float] = (0.3, 80.0)  # clamp of the Cholesky diagonal, pixels
     l1: float = 0.0  # λ of the paper's λ·‖C‖₁ (per image, summed over Gaussians)
+    relocate: float = 0.05  # share of Gaussians moved to high-error pixels per round (0: off)
+    relocate_until: float = 0.5  # relocation rounds happen in this first fraction of the fit
     prune_tau: float = 0.0  # τ: drop Gaussians scoring below it after fitting
     prune_score: str = "luminance"  # or "footprint" (luminance × relative area)
     finetune_iters: int = 0  # steps after pruning, at the final learning rates
@@ -277,6 +280,7 @@ def fit(
     target_psnr: float | None = None,
     size: int | tuple[int, int] | None = None,
     init: str = "adaptive",
+    relocate: float = 0.05,
     l1: float = 0.0,
     prune_tau: float = 0.0,
     prune_score: str = "luminance",
@@ -297,6 +301,8 @@ def fit(
         target_psnr: stop an image once it reaches this PSNR (dB); ``None`` runs the full budget.
         size: ``int`` (shorter side + centre crop), ``(H, W)``, or ``None`` (keep sizes).
         init: ``"adaptive"`` (default; the best measured), ``"grid"`` (the paper's) or ``"random"``.
+        relocate: share of each image's Gaussians that error-guided relocation moves per round
+            (:mod:`gsvision.fit.relocate`; +0.5 to +1 dB at 1,000 iterations); 0 turns it off.
         l1: λ of the L1 colour penalty that prepares pruning.
         prune_tau: τ; Gaussians scoring below it are dropped after fitting (0: none).
         prune_score: ``"luminance"`` (the paper's) or ``"footprint"``.
@@ -316,7 +322,8 @@ def fit(
     """
     cfg = FitConfig(**vars(config)) if config is not None else FitConfig()
     overrides = dict(
-        n_gaussians=n_gaussians, iters=iters, target_psnr=target_psnr, init=init, l1=l1,
+        n_gaussians=n_gaussians, iters=iters, target_psnr=target_psnr, init=init,
+        relocate=relocate, l1=l1,
         prune_tau=prune_tau, prune_score=prune_score, finetune_iters=finetune_iters, seed=seed,
         backend=backend,
     )  # fmt: skip
@@ -369,6 +376,8 @@ def _run(images, size, cfg: FitConfig, device: torch.device, progress: bool) -> 
     seconds = torch.zeros(b, dtype=torch.float64)
     active = torch.ones(b, dtype=torch.bool)
     frozen = [p.detach().clone() for p in params]
+    moves = relocation_steps(cfg.iters, cfg.relocate_until) if cfg.relocate > 0 else set()
+    generator = torch.Generator(device).manual_seed(cfg.seed)
     bar = _progress_bar(cfg.iters, b, progress)
     for step in range(cfg.iters):
         scale = _cosine(step, cfg.iters, cfg.lr_final)
@@ -387,6 +396,12 @@ def _run(images, size, cfg: FitConfig, device: torch.device, progress: bool) -> 
             params[1][..., 0].clamp_(lo, hi)
             params[1][..., 2].clamp_(lo, hi)
         iterations[active] += 1
+        if step + 1 in moves:
+            with torch.no_grad():
+                now = _splats(*(p.detach() for p in params), counts, (h, w))
+            images_on = active.nonzero()[:, 0].to(device)
+            relocate(params, opt, now, targets, pixel_mask, images_on, cfg.relocate, generator,
+                     cfg.backend)  # fmt: skip
         if cfg.target_psnr is not None and (step + 1) % cfg.check_every == 0:
             reached = torch.zeros(b, dtype=torch.bool)
             reached[active] = (-10 * torch.log10(err.clamp_min(1e-12))).cpu() >= cfg.target_psnr
@@ -458,6 +473,10 @@ def _check_config(cfg: FitConfig) -> None:
         value = getattr(cfg, name)
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"fit: {name} must be a finite number >= 0, got {value}")
+    for name in ("relocate", "relocate_until"):
+        value = getattr(cfg, name)
+        if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+            raise ValueError(f"fit: {name} must be a number in [0, 1], got {value!r}")
 
 
 def _step(opt, params, idx, counts, targets, pixel_mask, n_pixels, cfg, hw) -> Tensor:
