@@ -175,3 +175,29 @@ def test_closed_loop_beats_plain_quantisation_and_meets_the_budget():
     assert len(trimmed) <= budget
     lossless = encode_closed_loop(one, image, "lossless")
     assert lossless == encode(one, "lossless")
+
+
+@pytest.mark.parametrize("level", [QuantSpec(9, 5, 5, 6), "f16"])
+def test_batched_closed_loop_reports_what_each_payload_decodes_and_renders_to(level):
+    from gsvision.codec.rate import _closed_loop_batch, encode_closed_loop_batch
+    from gsvision.fit import fit
+    from gsvision.raster import render
+
+    fits = [fit([smooth(s, h, w)], 40, iters=30) for s, (h, w) in enumerate([(32, 32), (24, 40)])]
+    fits.append(fit([smooth(9)], 40, iters=30))
+    items = [f.splats[0] for f in fits]
+    images = [f.targets[0] for f in fits]
+    budgets = [None, None, len(encode(items[2], level)) - 8]  # the third needs trimming
+    payloads, decoded, shown = _closed_loop_batch(items, images, level, budgets, None)
+    assert payloads == encode_closed_loop_batch(items, images, level, budgets)
+    assert len(payloads[2]) <= budgets[2]
+    for payload, splats, picture, image, item, budget in zip(
+        payloads, decoded, shown, images, items, budgets, strict=True
+    ):
+        h, w = image.shape[:2]
+        again = decode(payload)
+        assert torch.equal(splats.means, again.means) and torch.equal(splats.colors, again.colors)
+        assert torch.allclose(picture, render(again, h, w)[0].clamp(0, 1), atol=1e-6)
+        if budget is None:  # never worse than the plain payload
+            plain = render(decode(encode(item, level)), h, w)[0].clamp(0, 1)
+            assert ((picture - image) ** 2).sum() <= ((plain - image) ** 2).sum() + 1e-9

@@ -42,15 +42,23 @@ def _mean(rs: list[dict], key: str = "psnr") -> float:
 
 def _quality_and_init(images, args) -> tuple[dict, dict]:
     quality, init = {}, {}
+    # every init with the default error-guided relocation, and the default init without it
+    runs = [(m, m, 0.05) for m in args.inits] + [("adaptive_no_relocate", "adaptive", 0.0)]
     for n in args.n:
         init[n] = {}
-        for method in args.inits:
+        for name, method, relocate in runs:
             row = {}
             for iters in sorted({args.short_iters, args.iters}):
-                r = fit(images, n, iters=iters, size=args.size, init=method, seed=args.seed)
+                r = fit(
+                    images, n, iters=iters, size=args.size, init=method, relocate=relocate,
+                    seed=args.seed,
+                )  # fmt: skip
                 row[f"psnr@{iters}"] = _mean(r.metrics)
                 row[f"seconds@{iters}"] = max(m["seconds"] for m in r.metrics)
-                if method == "adaptive" and iters == args.iters:
+                if name == "adaptive_no_relocate" and n in quality and iters == args.iters:
+                    quality[n]["mean_psnr_no_relocate"] = _mean(r.metrics)
+                    quality[n]["relocation_gain_db"] = quality[n]["mean_psnr"] - _mean(r.metrics)
+                if name == "adaptive" and iters == args.iters:
                     quality[n] = {
                         "iters": iters,
                         "mean_psnr": _mean(r.metrics),
@@ -58,8 +66,8 @@ def _quality_and_init(images, args) -> tuple[dict, dict]:
                         "seconds_batch": max(m["seconds"] for m in r.metrics),
                         "per_image_psnr": [round(m["psnr"], 3) for m in r.metrics],
                     }
-            init[n][method] = row
-            print(f"  init n={n} {method}: {row}", flush=True)
+            init[n][name] = row
+            print(f"  init n={n} {name}: {row}", flush=True)
     return quality, init
 
 

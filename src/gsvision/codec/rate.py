@@ -234,34 +234,75 @@ def encode_closed_loop_batch(
             (e.g. the GPU the images were fitted on); ``None``: where the inputs are. Coding
             itself runs on the CPU.
     """
+    return _closed_loop_batch(items, images, level, budgets, device)[0]
+
+
+def _closed_loop_batch(
+    items: Sequence[Splats],
+    images: Sequence[Tensor],
+    level: str | QuantSpec,
+    budgets: Sequence[int | None] | None,
+    device: torch.device | str | None,
+) -> tuple[list[bytes], list[Splats], list[Tensor]]:
+    """:func:`encode_closed_loop_batch`, also returning each payload decoded and its render
+    (clamped to ``[0, 1]``, on the CPU): every render is done in one batch per image size."""
     budgets = list(budgets) if budgets is not None else [None] * len(items)
-    if isinstance(resolve_level(level), str):
-        return [
-            trim_to_bytes(s, b, level)[1] if b else encode(s, level)
-            for s, b in zip(items, budgets, strict=True)
-        ]
     plain = [
         trim_to_bytes(s, b, level)[1] if b else encode(s, level)
         for s, b in zip(items, budgets, strict=True)
     ]
+    if isinstance(resolve_level(level), str):  # float levels: nothing to win back
+        return (plain, *_decoded_renders(plain, images, device))
     geometry = [decode(p) for p in plain]
     refit: list[bytes] = [b""] * len(items)
-    groups: dict[tuple, list[int]] = {}
-    for i, image in enumerate(images):
-        groups.setdefault(tuple(image.shape), []).append(i)
-    for idx in groups.values():
+    for idx in _by_size(images).values():
         cap = max(geometry[i].capacity for i in idx)
         batch = _on(Splats.cat([geometry[i].compact(cap) for i in idx]), device)
         solved = refit_colors(batch, _on(torch.stack([images[i] for i in idx]), device)).to("cpu")
         for j, i in enumerate(idx):
             refit[i] = encode(_chosen_colours(solved[j], images[i], level), level)
-    out = []
-    for i, budget in enumerate(budgets):
-        if budget is not None and len(refit[i]) > budget:  # colours need more room: slow path
-            out.append(encode_closed_loop(items[i], images[i], level, budget))
-        else:
-            out.append(_better(refit[i], plain[i], _on(images[i], device)))
+    slow = [i for i, b in enumerate(budgets) if b is not None and len(refit[i]) > b]
+    for i in slow:  # colours needed more room than the budget left: one by one
+        refit[i] = encode_closed_loop(items[i], images[i], level, budgets[i])
+    shown_plain = _renders(geometry, images, device)
+    decoded, shown = _decoded_renders(refit, images, device)
+    for i in range(len(items)):  # keep whichever payload renders closer to the image
+        if i in slow:
+            continue
+        if _sq_error(shown_plain[i], images[i]) < _sq_error(shown[i], images[i]):
+            refit[i], decoded[i], shown[i] = plain[i], geometry[i], shown_plain[i]
+    return refit, decoded, shown
+
+
+def _by_size(images: Sequence[Tensor]) -> dict[tuple, list[int]]:
+    """Indices of ``images`` grouped by shape."""
+    groups: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(i)
+    return groups
+
+
+def _renders(splats: Sequence[Splats], images: Sequence[Tensor], device) -> list[Tensor]:
+    """Each single-image ``splats[i]`` rendered at ``images[i]``'s size and clamped, on the CPU;
+    one batched render per size on ``device``."""
+    out: list[Tensor] = [torch.empty(0)] * len(splats)
+    for idx in _by_size(images).values():
+        h, w = images[idx[0]].shape[:2]
+        cap = max(splats[i].capacity for i in idx)
+        batch = _on(Splats.cat([splats[i].compact(cap) for i in idx]), device)
+        shown = render(batch, h, w).clamp(0, 1).to("cpu")
+        for j, i in enumerate(idx):
+            out[i] = shown[j]
     return out
+
+
+def _decoded_renders(payloads: Sequence[bytes], images: Sequence[Tensor], device):
+    decoded = [decode(p) for p in payloads]
+    return decoded, _renders(decoded, images, device)
+
+
+def _sq_error(shown: Tensor, image: Tensor) -> float:
+    return float(((shown - image) ** 2).sum())
 
 
 def _chosen_colours(splats: Splats, image: Tensor, level: str | QuantSpec) -> Splats:
@@ -284,7 +325,8 @@ def _better(a: bytes, b: bytes, image: Tensor) -> bytes:
     """The payload whose decoded render (on ``image``'s device) is closer to ``image``."""
     h, w = image.shape[:2]
     errors = [
-        float(((render(decode(p).to(image.device), h, w) - image) ** 2).mean()) for p in (a, b)
+        float(((render(decode(p).to(image.device), h, w).clamp(0, 1) - image) ** 2).mean())
+        for p in (a, b)
     ]
     return a if errors[0] <= errors[1] else b
 
@@ -403,23 +445,18 @@ def _coded_batch(
     ones = [result.splats[i].detach().to("cpu") for i in range(count)]
     sizes = [tuple(int(v) for v in one.image_sizes[0]) for one in ones]
     images = [result.targets[i, :h, :w].detach().to("cpu") for i, (h, w) in enumerate(sizes)]
-    payloads = encode_closed_loop_batch(ones, images, level, budgets, device)
-    decoded = [decode(p) for p in payloads]
-    shown = [
-        render(d.to(device), h, w).clamp(0, 1).to("cpu")
-        for d, (h, w) in zip(decoded, sizes, strict=True)
-    ]
+    payloads, decoded, shown = _closed_loop_batch(ones, images, level, budgets, device)
     seconds = (time.perf_counter() - start) / count
     level_name = level if isinstance(level, str) else resolve_level(level).as_dict()
     out = []
     for i, (payload, (h, w)) in enumerate(zip(payloads, sizes, strict=True)):
         fitted = dict(result.metrics[i])
-        p = float(psnr(shown[i], images[i][None])[0])
+        p = float(psnr(shown[i][None], images[i][None])[0])
         metrics = {
             **fitted,
             "psnr_fit": fitted["psnr"],
             "psnr": p,
-            "ssim": float(ssim(shown[i], images[i][None])[0]),
+            "ssim": float(ssim(shown[i][None], images[i][None])[0]),
             "n_gaussians": int(decoded[i].counts[0]),
             "bytes": len(payload),
             "bpp": 8 * len(payload) / (h * w),
