@@ -459,3 +459,15 @@ def test_pack_refuses_headers_unpack_refuses():
     zeros = F.ImageHeader(1024, 1024, 1024, "float32", raw_len=1 << 20, body=body)
     with pytest.raises(CodecError, match="in all"):
         F.pack([zeros] * 2)
+
+
+@pytest.mark.parametrize("level", ["lossless", "f16", "medium", "xxlow", QuantSpec(13, 9, 8, 10)])
+def test_quantised_is_what_the_decoder_returns_without_the_lossless_stage(level):
+    from gsvision.codec import quantised
+
+    s = C.random_splats([(40, 56), (32, 32), (17, 90)], 150, seed=4, counts=[150, 90, 7])
+    fast = quantised(s, level)
+    for coder in ("zstd", "range"):
+        slow = decode(encode(s, level, coder=coder))
+        for name in ("means", "chol", "colors", "counts", "image_sizes"):
+            assert torch.equal(getattr(fast, name), getattr(slow, name)), (coder, name)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from gsvision.codec.entropy import (
+    ZSTD_LEVEL,
     StreamError,
     compress,
     decompress,
@@ -65,6 +66,7 @@ __all__ = [
     "decode_images",
     "describe",
     "encode",
+    "quantised",
     "encoded_sizes",
     "read_metadata",
 ]
@@ -144,6 +146,15 @@ def encode(
         return pack(records, metadata)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"encode: {exc}") from exc
+
+
+def quantised(splats: Splats, level: str | QuantSpec = DEFAULT_LEVEL) -> Splats:
+    """What ``decode(encode(splats, level))`` returns (bit for bit, whatever the coder), without
+    the costly lossless stage: the closed-loop encoder's view of the decoded geometry."""
+    splats = splats.detach().to("cpu").validate()
+    how = resolve_level(level)
+    records = [_encode_image(splats[b], how, 1, zstd_level=1) for b in range(splats.batch_size)]
+    return decode(pack(records))
 
 
 def encoded_sizes(payload: bytes) -> list[int]:
@@ -255,7 +266,9 @@ def read_metadata(payload: bytes | bytearray | memoryview) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- one image
-def _encode_image(s: Splats, how: QuantSpec | str, version: int = 2) -> ImageHeader:
+def _encode_image(
+    s: Splats, how: QuantSpec | str, version: int = 2, zstd_level: int = ZSTD_LEVEL
+) -> ImageHeader:
     n = int(s.counts[0])
     h, w = (int(v) for v in s.image_sizes[0])
     if isinstance(how, str):  # float32 / float16: fields side by side, byte planes
@@ -269,7 +282,7 @@ def _encode_image(s: Splats, how: QuantSpec | str, version: int = 2) -> ImageHea
             raise ValueError(f"encode: values overflow {how}, or a Cholesky diagonal rounds to 0")
         raw = np.ascontiguousarray(table.view(np.uint8).T).tobytes()  # plane-major bytes
         flags = _FLAG_OPACITY if s.opacities is not None else 0
-        return ImageHeader(h, w, n, how, flags, raw_len=len(raw), body=compress(raw))
+        return ImageHeader(h, w, n, how, flags, raw_len=len(raw), body=compress(raw, zstd_level))
     s = s.fold_opacity()
     codes, ranges = quantise(s.means[0, :n], s.chol[0, :n], s.colors[0, :n], (h, w), how)
     morton = morton_codes(codes["pos"])
@@ -294,7 +307,7 @@ def _encode_image(s: Splats, how: QuantSpec | str, version: int = 2) -> ImageHea
             planes_encode(codes["color"][order].T.numpy(), _nbytes(how.color_bits)),
         ]
     )
-    return ImageHeader(h, w, n, "quantised", 0, bits, values, len(raw), compress(raw))
+    return ImageHeader(h, w, n, "quantised", 0, bits, values, len(raw), compress(raw, zstd_level))
 
 
 def _nbytes(bits: int) -> int:

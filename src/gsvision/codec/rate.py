@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gsvision.codec import current_coder, decode, encode
+from gsvision.codec import current_coder, decode, encode, quantised
 from gsvision.codec.colour_rd import quantised_colours
 from gsvision.codec.quant import QuantSpec, resolve_level
 from gsvision.fit import fit, refit_colors
@@ -245,15 +245,17 @@ def _closed_loop_batch(
     device: torch.device | str | None,
 ) -> tuple[list[bytes], list[Splats], list[Tensor]]:
     """:func:`encode_closed_loop_batch`, also returning each payload decoded and its render
-    (clamped to ``[0, 1]``, on the CPU): every render is done in one batch per image size."""
+    (clamped to ``[0, 1]``, on ``device``): every render is one batch per image size, and the
+    plain payload is only entropy-coded where it is kept (or needed to meet a budget)."""
     budgets = list(budgets) if budgets is not None else [None] * len(items)
-    plain = [
-        trim_to_bytes(s, b, level)[1] if b else encode(s, level)
-        for s, b in zip(items, budgets, strict=True)
+    plain: list[bytes | None] = [
+        trim_to_bytes(s, b, level)[1] if b else None for s, b in zip(items, budgets, strict=True)
     ]
     if isinstance(resolve_level(level), str):  # float levels: nothing to win back
-        return (plain, *_decoded_renders(plain, images, device))
-    geometry = [decode(p) for p in plain]
+        payloads = [p or encode(s, level) for p, s in zip(plain, items, strict=True)]
+        decoded = [decode(p) for p in payloads]
+        return payloads, decoded, _renders(decoded, images, device)[0]
+    geometry = [decode(p) if p else quantised(s, level) for p, s in zip(plain, items, strict=True)]
     refit: list[bytes] = [b""] * len(items)
     for idx in _by_size(images).values():
         cap = max(geometry[i].capacity for i in idx)
@@ -264,13 +266,13 @@ def _closed_loop_batch(
     slow = [i for i, b in enumerate(budgets) if b is not None and len(refit[i]) > b]
     for i in slow:  # colours needed more room than the budget left: one by one
         refit[i] = encode_closed_loop(items[i], images[i], level, budgets[i])
-    shown_plain = _renders(geometry, images, device)
-    decoded, shown = _decoded_renders(refit, images, device)
+    shown_plain, error_plain = _renders(geometry, images, device)
+    decoded = [decode(p) for p in refit]
+    shown, error = _renders(decoded, images, device)
     for i in range(len(items)):  # keep whichever payload renders closer to the image
-        if i in slow:
-            continue
-        if _sq_error(shown_plain[i], images[i]) < _sq_error(shown[i], images[i]):
-            refit[i], decoded[i], shown[i] = plain[i], geometry[i], shown_plain[i]
+        if i not in slow and error_plain[i] < error[i]:
+            refit[i] = plain[i] or encode(items[i], level)
+            decoded[i], shown[i] = geometry[i], shown_plain[i]
     return refit, decoded, shown
 
 
@@ -282,27 +284,36 @@ def _by_size(images: Sequence[Tensor]) -> dict[tuple, list[int]]:
     return groups
 
 
-def _renders(splats: Sequence[Splats], images: Sequence[Tensor], device) -> list[Tensor]:
-    """Each single-image ``splats[i]`` rendered at ``images[i]``'s size and clamped, on the CPU;
-    one batched render per size on ``device``."""
-    out: list[Tensor] = [torch.empty(0)] * len(splats)
+def _renders(
+    splats: Sequence[Splats], images: Sequence[Tensor], device
+) -> tuple[list[Tensor], list[float]]:
+    """Each single-image ``splats[i]`` rendered at ``images[i]``'s size and clamped (on
+    ``device``, one batched render per size), and its summed squared error to the image."""
+    shown: list[Tensor] = [torch.empty(0)] * len(splats)
+    errors = [0.0] * len(splats)
     for idx in _by_size(images).values():
         h, w = images[idx[0]].shape[:2]
         cap = max(splats[i].capacity for i in idx)
         batch = _on(Splats.cat([splats[i].compact(cap) for i in idx]), device)
-        shown = render(batch, h, w).clamp(0, 1).to("cpu")
+        out = render(batch, h, w).clamp(0, 1)
+        target = torch.stack([images[i] for i in idx]).to(out.device)
+        sums = ((out - target) ** 2).flatten(1).sum(1).tolist()
         for j, i in enumerate(idx):
-            out[i] = shown[j]
-    return out
+            shown[i], errors[i] = out[j], sums[j]
+    return shown, errors
 
 
-def _decoded_renders(payloads: Sequence[bytes], images: Sequence[Tensor], device):
-    decoded = [decode(p) for p in payloads]
-    return decoded, _renders(decoded, images, device)
-
-
-def _sq_error(shown: Tensor, image: Tensor) -> float:
-    return float(((shown - image) ** 2).sum())
+def _quality(shown: Sequence[Tensor], images: Sequence[Tensor]) -> tuple[list[float], list[float]]:
+    """PSNR and SSIM of each render (on its device) against its image, one batch per size."""
+    psnrs, ssims = [0.0] * len(shown), [0.0] * len(shown)
+    for idx in _by_size(images).values():
+        out = torch.stack([shown[i] for i in idx])
+        target = torch.stack([images[i] for i in idx]).to(out.device)
+        for i, p, q in zip(
+            idx, psnr(out, target).tolist(), ssim(out, target).tolist(), strict=True
+        ):
+            psnrs[i], ssims[i] = p, q
+    return psnrs, ssims
 
 
 def _chosen_colours(splats: Splats, image: Tensor, level: str | QuantSpec) -> Splats:
@@ -446,17 +457,18 @@ def _coded_batch(
     sizes = [tuple(int(v) for v in one.image_sizes[0]) for one in ones]
     images = [result.targets[i, :h, :w].detach().to("cpu") for i, (h, w) in enumerate(sizes)]
     payloads, decoded, shown = _closed_loop_batch(ones, images, level, budgets, device)
+    psnrs, ssims = _quality(shown, images)
     seconds = (time.perf_counter() - start) / count
     level_name = level if isinstance(level, str) else resolve_level(level).as_dict()
     out = []
     for i, (payload, (h, w)) in enumerate(zip(payloads, sizes, strict=True)):
         fitted = dict(result.metrics[i])
-        p = float(psnr(shown[i][None], images[i][None])[0])
+        p = psnrs[i]
         metrics = {
             **fitted,
             "psnr_fit": fitted["psnr"],
             "psnr": p,
-            "ssim": float(ssim(shown[i][None], images[i][None])[0]),
+            "ssim": ssims[i],
             "n_gaussians": int(decoded[i].counts[0]),
             "bytes": len(payload),
             "bpp": 8 * len(payload) / (h * w),
