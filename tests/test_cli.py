@@ -103,6 +103,7 @@ def test_fit_rate_targets(tmp_path, flags, check):
         (["--bytes", "100", "--ratio", "3"], "give one rate target"),
         (["--level", "ultra"], "unknown codec level"),
         (["--ratio", "0"], "--ratio must be positive"),
+        (["--relocate", "1.5"], "--relocate must be in [0, 1]"),
     ],
 )
 def test_fit_rate_flag_errors(tmp_path, capsys, flags, message):

@@ -175,6 +175,8 @@ def _fit_settings(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(f"give one rate target, not {' and '.join(given)}")
     if args.ratio is not None and not args.ratio > 0:
         raise CLIError(f"--ratio must be positive, got {args.ratio}")
+    if not 0 <= args.relocate <= 1:
+        raise CLIError(f"--relocate must be in [0, 1], got {args.relocate}")
     try:
         resolve_level(args.level)
     except ValueError as exc:

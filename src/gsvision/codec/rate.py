@@ -263,8 +263,8 @@ def _closed_loop_batch(
         solved = refit_colors(batch, _on(torch.stack([images[i] for i in idx]), device)).to("cpu")
         for j, i in enumerate(idx):
             refit[i] = encode(_chosen_colours(solved[j], images[i], level), level)
-    slow = [i for i, b in enumerate(budgets) if b is not None and len(refit[i]) > b]
-    for i in slow:  # colours needed more room than the budget left: one by one
+    slow = {i for i, b in enumerate(budgets) if b is not None and len(refit[i]) > b}
+    for i in sorted(slow):  # colours needed more room than the budget left: one by one
         refit[i] = encode_closed_loop(items[i], images[i], level, budgets[i])
     shown_plain, error_plain = _renders(geometry, images, device)
     decoded = [decode(p) for p in refit]

@@ -59,7 +59,7 @@ def relocate(
         generator: draws the pixels (on the parameters' device; one ``H·W`` draw per call).
     """
     means, chol, colors = params
-    b, n = colors.shape[:2]
+    n = colors.shape[1]
     k = min(n, max(1, int(fraction * n)))
     if images.numel() == 0:
         return
