@@ -334,11 +334,7 @@ def _on(x, device):
 
 def _better(a: bytes, b: bytes, image: Tensor) -> bytes:
     """The payload whose decoded render (on ``image``'s device) is closer to ``image``."""
-    h, w = image.shape[:2]
-    errors = [
-        float(((render(decode(p).to(image.device), h, w).clamp(0, 1) - image) ** 2).mean())
-        for p in (a, b)
-    ]
+    errors = _renders([decode(a), decode(b)], [image, image], image.device)[1]
     return a if errors[0] <= errors[1] else b
 
 
