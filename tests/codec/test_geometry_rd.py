@@ -116,3 +116,20 @@ def test_degenerate_images_are_left_alone():
         torch.full((1, 4, 2), 0.5), torch.rand(1, 4, 3) * 0.1 + 0.1, torch.rand(1, 4, 3), (8, 8)
     )
     assert torch.equal(refined_geometry(same, image, SPEC).chol, same.chol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_the_gpu_the_geometry_lies_on_the_grid_and_beats_rounding(fitted):
+    splats, images = fitted
+    refined = refined_geometry(splats.to("cuda"), images.to("cuda"), SPEC).to("cpu")
+    again = quantised(refined, SPEC)
+    plain = quantised(splats, SPEC)
+    for b in range(2):
+        m1, c1 = _sorted(refined, b)
+        m2, c2 = _sorted(again, b)
+        assert torch.equal(m1, m2)
+        assert torch.allclose(c1, c2, rtol=1e-4, atol=1e-7)
+        fitted_error = _mse(splats[b], images[b])
+        gained = _mse(refined[b], images[b]) - fitted_error  # colours still continuous here
+        assert gained < 0.5 * (_mse(plain[b], images[b]) - fitted_error)
