@@ -133,3 +133,11 @@ def test_on_the_gpu_the_geometry_lies_on_the_grid_and_beats_rounding(fitted):
         fitted_error = _mse(splats[b], images[b])
         gained = _mse(refined[b], images[b]) - fitted_error  # colours still continuous here
         assert gained < 0.5 * (_mse(plain[b], images[b]) - fitted_error)
+
+
+def test_images_of_another_size_or_shape_are_refused(fitted):
+    splats, images = fitted
+    with pytest.raises(ValueError, match="fitted at"):
+        refined_geometry(splats, images[:, :32], SPEC)
+    with pytest.raises(ValueError, match="images must be"):
+        refined_geometry(splats, images[0], SPEC)
