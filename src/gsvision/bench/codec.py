@@ -365,7 +365,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--levels",
         nargs="+",
-        default=["f16", "high", "medium", "low", "lower", "xlow", "xxlow"],
+        # the presets, and (10, 5, 6, 7): between xlow and xxlow, on the front at every N to 2,400
+        default=["f16", "high", "medium", "low", "lower", "xlow", "xxlow", "10-5-6-7"],
         help="codec levels, or P-S-A-C bit depths for a custom QuantSpec (f16 is the reference)",
     )
     ap.add_argument(
