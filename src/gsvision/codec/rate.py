@@ -80,9 +80,9 @@ _QUANT_LOSS_DB = {
 #: image of 1,024 Gaussians, which would slow the conversion job's zstd shards.
 CHOOSE_COLOURS: bool | None = None
 #: Whether the closed loop first moves positions and shapes onto the grid progressively, refining
-#: the Gaussians not yet rounded (codec/geometry_rd.py: +0.13 dB at ``lower``, +0.27 at ``xlow``,
-#: +0.65 at ``xxlow`` at N = 1,024). ``None``: as :data:`CHOOSE_COLOURS`; it costs 300 renders
-#: and backward passes per batch of images (~1.5 s of CPU per image of 1,024 Gaussians).
+#: the Gaussians not yet rounded (codec/geometry_rd.py: +0.10 dB at ``lower``, +0.35 at ``xlow``,
+#: +0.79 at ``xxlow`` at N = 1,024). ``None``: as :data:`CHOOSE_COLOURS`; it costs 300 renders
+#: and backward passes per batch of images (~1 s of CPU per image of 1,024 Gaussians).
 REFINE_GEOMETRY: bool | None = None
 _OVERHEAD = 110  # file header, image header, zstd frame header, checksum
 _LADDER_START = 128
@@ -254,17 +254,17 @@ def _closed_loop_batch(
     (clamped to ``[0, 1]``, on ``device``): every render is one batch per image size, and the
     plain payload is only entropy-coded where it is kept (or needed to meet a budget)."""
     budgets = list(budgets) if budgets is not None else [None] * len(items)
-    trimmed = [trim_to_bytes(s, b, level) if b else (s, None) for s, b in zip(items, budgets, strict=True)]  # fmt: skip
-    items = [t[0] for t in trimmed]
-    plain: list[bytes | None] = [t[1] for t in trimmed]
+    plain: list[bytes | None] = [None] * len(items)
+    items = list(items)
+    for i, b in enumerate(budgets):
+        if b:
+            items[i], plain[i] = trim_to_bytes(items[i], b, level)
     if isinstance(resolve_level(level), str):  # float levels: nothing to win back
         payloads = [p or encode(s, level) for p, s in zip(plain, items, strict=True)]
         decoded = [decode(p) for p in payloads]
         return payloads, decoded, _renders(decoded, images, device)[0]
-    if _refining():
-        geometry = _refined(items, images, level, device)
-    else:
-        geometry = [decode(p) if p else quantised(s, level) for p, s in zip(plain, items, strict=True)]  # fmt: skip
+    rounded = [decode(p) if p else quantised(s, level) for p, s in zip(plain, items, strict=True)]
+    geometry = _refined(items, images, level, device) if _refining() else rounded
     refit: list[bytes] = [b""] * len(items)
     for idx in _by_size(images).values():
         cap = max(geometry[i].capacity for i in idx)
@@ -275,15 +275,13 @@ def _closed_loop_batch(
     slow = {i for i, b in enumerate(budgets) if b is not None and len(refit[i]) > b}
     for i in sorted(slow):  # colours needed more room than the budget left: one by one
         refit[i] = encode_closed_loop(items[i], images[i], level, budgets[i])
-    if _refining():  # the alternative kept below is plain rounding
-        geometry = [decode(p) if p else quantised(s, level) for p, s in zip(plain, items, strict=True)]  # fmt: skip
-    shown_plain, error_plain = _renders(geometry, images, device)
+    shown_plain, error_plain = _renders(rounded, images, device)
     decoded = [decode(p) for p in refit]
     shown, error = _renders(decoded, images, device)
     for i in range(len(items)):  # keep whichever payload renders closer to the image
         if i not in slow and error_plain[i] < error[i]:
             refit[i] = plain[i] or encode(items[i], level)
-            decoded[i], shown[i] = geometry[i], shown_plain[i]
+            decoded[i], shown[i] = rounded[i], shown_plain[i]
     return refit, decoded, shown
 
 
