@@ -91,7 +91,10 @@ def test_refining_beats_rounding_in_the_closed_loop(fitted, monkeypatch):
         _mse(off[0], targets[0]) - fitted_error
     )
     monkeypatch.setattr(rate_mod, "REFINE_GEOMETRY", None)  # default: with the range coder only
-    assert not rate_mod._refining() if rate_mod.current_coder() == "zstd" else rate_mod._refining()
+    with using_coder("zstd"):
+        assert not rate_mod._refining()
+    with using_coder("range"):
+        assert rate_mod._refining()
 
 
 def test_an_image_is_refined_the_same_whatever_its_batch(fitted):
