@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from gsvision.codec import (
     CodecError,
     QuantSpec,
+    _encode_image,
     decode,
     decode_images,
     encode,
@@ -32,12 +33,14 @@ from gsvision.codec import (
     read_metadata,
 )
 from gsvision.codec.entropy import compress, decompress
+from gsvision.codec.format import pack
+from gsvision.codec.quant import resolve_level
 from gsvision.codec.rc import encode_codes
 from gsvision.splats import Splats, chol_from_axes
 
 # ------------------------------------------------------------------------------ the layout (spec)
 MAGIC = b"\x89GSV"
-VERSION = 2  # the current version; version 1 payloads (modes 0-2) stay readable
+VERSION = 3  # the current version; versions 1 (modes 0-2) and 2 (mode 3) stay readable
 FILE = struct.Struct("<4sBBHI")  # magic, version, flags, count, metadata_len
 IMAGE = struct.Struct("<HHIBBBBBBH14fII")  # see IMAGE_FIELDS
 CRC = struct.Struct("<I")
@@ -45,7 +48,8 @@ IMAGE_FIELDS = (
     "height", "width", "n", "mode", "flags", "pos_bits", "scale_bits", "angle_bits", "color_bits",
     "reserved", *(f"range{k}" for k in range(14)), "raw_len", "coded_len",
 )  # fmt: skip
-MODE_FLOAT32, MODE_FLOAT16, MODE_QUANTISED, MODE_QUANTISED_RC = 0, 1, 2, 3
+MODE_FLOAT32, MODE_FLOAT16, MODE_QUANTISED, MODE_QUANTISED_RC, MODE_QUANTISED_LC = 0, 1, 2, 3, 4
+RANGE_CODED = (MODE_QUANTISED_RC, MODE_QUANTISED_LC)  # no zstd stage
 FLAG_OPACITY = 1
 assert FILE.size == 12 and IMAGE.size == 80 and len(IMAGE_FIELDS) == 26
 
@@ -203,7 +207,7 @@ def raw_bodies(payload: bytes) -> list[bytes]:
     """The decompressed body of every image of a well-formed payload (a range-coded image's body
     as it is: it has no zstd stage)."""
     return [
-        body if h["mode"] == MODE_QUANTISED_RC else decompress(body, h["raw_len"])
+        body if h["mode"] in RANGE_CODED else decompress(body, h["raw_len"])
         for h, body in split(payload)[2]
     ]
 
@@ -270,7 +274,14 @@ def seed_payloads() -> tuple[bytes, ...]:
     ]
     # version 1's quantised mode (zstd), still written on request and read
     old = [encode(s, level, coder="zstd") for s, level in cases[2:7]]
-    return tuple(current + old)
+    return tuple(current + old + [mode3_payload(s, level) for s, level in cases[2:7]])
+
+
+def mode3_payload(splats, level, metadata=None) -> bytes:
+    """A version-2 payload (range-coded polar shapes, mode 3), as the writer of that version
+    made them: readers still read it, though the current writer writes mode 4."""
+    how = resolve_level(level)
+    return pack([_encode_image(splats[b], how, 2) for b in range(splats.batch_size)], metadata)
 
 
 # ------------------------------------------------------------------------------ strategies
@@ -330,7 +341,7 @@ def raw_mutated_payloads(draw: st.DrawFn) -> bytes:
     seed = draw(st.sampled_from(seed_payloads()))
     images = []
     for (header, _), raw in zip(split(seed)[2], raw_bodies(seed), strict=True):
-        rc = header["mode"] == MODE_QUANTISED_RC
+        rc = header["mode"] in RANGE_CODED
         if draw(st.booleans()):
             raw = draw(_mutate(raw))
             if draw(st.integers(0, 4)) and not rc:
@@ -377,18 +388,22 @@ def _raw_for(draw: st.DrawFn, header: dict[str, object]) -> bytes:
         table = np.array([[draw(values) for _ in range(width)] for _ in range(n)]).reshape(n, width)
         return float_raw(table, np.float32 if mode == MODE_FLOAT32 else np.float16)
     pb, sb, ab, cb = (int(header[k]) for k in IMAGE_FIELDS[5:9])  # type: ignore[call-overload]
-    if mode == MODE_QUANTISED_RC:  # a real range-coded stream of random codes, or one cut short
+    if mode in RANGE_CODED:  # a real range-coded stream of random codes, or one cut short
         if min(pb, sb, ab, cb) < 1 or max(sb, ab, cb) > 12 or pb > 16:
             return draw(st.binary(max_size=300))
+        lc = mode == MODE_QUANTISED_LC  # scale codes (s, u): u has the angle's depth
         codes = [
             sorted(draw(st.lists(st.integers(0, (1 << 2 * pb) - 1), min_size=n, max_size=n))),
-            [draw(st.lists(st.integers(0, (1 << sb) - 1), min_size=n, max_size=n)) for _ in "ab"],
+            [
+                draw(st.lists(st.integers(0, (1 << depth) - 1), min_size=n, max_size=n))
+                for depth in (sb, ab if lc else sb)
+            ],
             draw(st.lists(st.integers(0, (1 << ab) - 1), min_size=n, max_size=n)),
             [draw(st.lists(st.integers(0, (1 << cb) - 1), min_size=n, max_size=n)) for _ in "abc"],
         ]
         shapes = [(n,), (2, n), (n,), (3, n)]
         arrays = [np.array(c, np.int64).reshape(k) for c, k in zip(codes, shapes, strict=True)]
-        body = encode_codes(*arrays, (pb, sb, ab, cb))
+        body = encode_codes(*arrays, (pb, sb, ab, cb), lc)
         return body[: draw(_mostly(st.just(len(body)), st.integers(0, len(body))))]
     planes = n * (2 * _plane_bytes(sb) + _plane_bytes(ab) + 3 * _plane_bytes(cb))
     deltas = draw(
@@ -403,7 +418,7 @@ def header_payloads(draw: st.DrawFn) -> bytes:
     limits) and bodies shaped like the real thing, or not."""
     images = []
     for _ in range(draw(st.integers(1, 2))):
-        mode = draw(_mostly(st.sampled_from([0, 1, 2, 2, 3, 3, 3]), st.integers(0, 255)))
+        mode = draw(_mostly(st.sampled_from([0, 1, 2, 2, 3, 3, 4, 4]), st.integers(0, 255)))
         header = image_header(
             height=draw(_SIDE),
             width=draw(_SIDE),
@@ -412,7 +427,7 @@ def header_payloads(draw: st.DrawFn) -> bytes:
             flags=draw(_mostly(st.sampled_from([0, 0, 1]), st.integers(0, 255))),
             reserved=draw(_mostly(st.just(0), st.integers(0, 65535))),
         )
-        if mode in (MODE_QUANTISED, MODE_QUANTISED_RC):
+        if mode in (MODE_QUANTISED, *RANGE_CODED):
             bits = _mostly(st.integers(1, 12), st.integers(0, 20))
             header.update(zip(IMAGE_FIELDS[5:9], (draw(bits) for _ in range(4)), strict=True))
             header.update(zip(IMAGE_FIELDS[10:24], draw(_ranges()), strict=True))
@@ -421,7 +436,7 @@ def header_payloads(draw: st.DrawFn) -> bytes:
                 zip(IMAGE_FIELDS[5:24], (draw(st.integers(0, 3)) for _ in range(19)), strict=True)
             )
         raw = draw(_raw_for(header))
-        if mode == MODE_QUANTISED_RC:  # no zstd stage: raw_len is 0, the body the stream
+        if mode in RANGE_CODED:  # no zstd stage: raw_len is 0, the body the stream
             header["raw_len"] = draw(_mostly(st.just(0), st.integers(0, (1 << 32) - 1)))
             frame = raw
         else:

@@ -64,7 +64,7 @@ def test_too_short_for_a_magic(data):
     fails(data, "too short")
 
 
-@pytest.mark.parametrize("version", [0, 3, 255])
+@pytest.mark.parametrize("version", [0, 4, 255])
 def test_unknown_version(valid, version):
     data = bytearray(valid[:-4])
     data[4] = version
@@ -161,7 +161,7 @@ def test_bad_metadata(meta, phrase):
         (dict(n=LIMITS["max_gaussians"] + 1, height=16384, width=16384), "exceeds the limit"),
         (dict(n=65, height=8, width=8), "more than its pixels"),
         # modes, flags, reserved bytes
-        (dict(mode=4), "unknown coding mode 4"),
+        (dict(mode=5), "unknown coding mode 5"),
         (dict(mode=255), "unknown coding mode 255"),
         (dict(flags=2), "unknown flags"),
         (dict(mode=2, flags=1, bits=(12, 8, 8, 9)), "unknown flags"),

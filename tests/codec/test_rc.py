@@ -1,6 +1,7 @@
-"""Format version 2's range-coded quantised mode (mode 3): round trips, agreement with version 1's
-mode 2 (same codes, same values), version 1 payloads still read, and hostile range-coded bodies
-refused with a CodecError naming the problem."""
+"""The range-coded quantised modes: version 2's mode 3 (polar shapes, still read) and version 3's
+mode 4 (log-covariance shapes, what the range coder writes): round trips, mode 3's agreement with
+version 1's mode 2 (same codes, same values), older payloads still read, and hostile range-coded
+bodies refused with a CodecError naming the problem."""
 
 from __future__ import annotations
 
@@ -30,31 +31,40 @@ Q_BITS = (12, 8, 8, 9)
 RANGES = (0.0, 0.0, 1.0, 1.0, -1, -2, 1, 0.5, 0, -0.3, -0.3, 1.7, 0.3, 0.3)
 
 
-def rc_image(body: bytes, n: int = 2, bits=Q_BITS, version: int = 2, **fields) -> bytes:
-    header = C.image_header(n=n, mode=C.MODE_QUANTISED_RC, bits=bits, ranges=RANGES, **fields)
+def rc_image(
+    body: bytes,
+    n: int = 2,
+    bits=Q_BITS,
+    version: int = 2,
+    mode: int = C.MODE_QUANTISED_RC,
+    **fields,
+) -> bytes:
+    header = C.image_header(n=n, mode=mode, bits=bits, ranges=RANGES, **fields)
     return C.build([(header, body)], version=version)
 
 
-def codes(n: int, bits, seed: int = 0):
+def codes(n: int, bits, seed: int = 0, logcov: bool = False):
+    """Random codes within their depths (mode 4: the second scale row is ``u``, ``A`` bits)."""
     pb, sb, ab, cb = bits
     g = np.random.default_rng(seed)
     morton = np.sort(g.integers(0, 1 << (2 * pb), n))
     return (
         morton,
-        g.integers(0, 1 << sb, (2, n)),
+        np.stack([g.integers(0, 1 << sb, n), g.integers(0, 1 << (ab if logcov else sb), n)]),
         g.integers(0, 1 << ab, n),
         g.integers(0, 1 << cb, (3, n)),
     )
 
 
+@pytest.mark.parametrize("logcov", [False, True], ids=["mode3", "mode4"])
 @pytest.mark.parametrize(
-    "bits", [Q_BITS, (1, 1, 1, 1), (16, 12, 12, 12), (13, 9, 8, 10), (11, 7, 6, 8)]
+    "bits", [Q_BITS, (1, 1, 1, 1), (16, 12, 12, 12), (13, 9, 8, 10), (11, 7, 6, 8), (9, 3, 12, 7)]
 )
 @pytest.mark.parametrize("n", [0, 1, 7, 300])
-def test_range_coder_round_trip(bits, n):
-    want = codes(n, bits, seed=n)
-    body = encode_codes(*want, bits)
-    got = decode_codes(body, n, bits)
+def test_range_coder_round_trip(bits, n, logcov):
+    want = codes(n, bits, seed=n, logcov=logcov)
+    body = encode_codes(*want, bits, logcov)
+    got = decode_codes(body, n, bits, logcov)
     for a, b in zip(want, got, strict=True):
         assert np.array_equal(a, b)
 
@@ -62,15 +72,30 @@ def test_range_coder_round_trip(bits, n):
 @pytest.mark.parametrize("level", ["high", "medium", "low", QuantSpec(16, 12, 12, 12)])
 def test_version_2_decodes_to_what_version_1_does(level):
     """Same quantisation, another lossless stage: the decoded values are bit for bit equal, and
-    version 1 payloads (mode 2, zstd) still decode."""
+    version 1 payloads (mode 2, zstd) and version 2 ones (mode 3) still decode, beside version
+    3's (mode 4) in one batch."""
     s = C.random_splats([(37, 53), (20, 9), (64, 64)], 40, seed=3, counts=[40, 0, 17])
-    new, old = encode(s, level, coder="range"), encode(s, level, coder="zstd")
+    new, old = C.mode3_payload(s, level), encode(s, level, coder="zstd")
     assert new[4] == 2 and old[4] == 1
     a, b = decode(new), decode(old)
     for name in ("means", "chol", "colors", "counts", "image_sizes"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
-    both = decode_batch([new, old, new])
+    current = encode(s, level, coder="range")
+    assert current[4] == 3
+    both = decode_batch([new, old, current, new])
     assert torch.equal(both.means[:3], a.means) and torch.equal(both.means[3:6], a.means)
+    assert torch.equal(both.chol[6:9], decode(current).chol)
+    assert torch.equal(both.means[9:12], a.means)
+
+
+def test_log_covariance_shapes_are_smaller_at_equal_error():
+    """Mode 4 against mode 3 at the same depths: position and colour codes are the same, round
+    Gaussians spend nothing on an angle, so the payload is smaller on typical shapes."""
+    s = C.random_splats([(224, 224)], 1024, seed=5)
+    mode3, mode4 = C.mode3_payload(s, "low"), encode(s, "low", coder="range")
+    assert len(mode4) < len(mode3)
+    a, b = decode(mode3), decode(mode4)
+    assert torch.equal(a.means, b.means) and torch.equal(a.colors, b.colors)
 
 
 def test_unknown_coder():
@@ -85,7 +110,7 @@ def test_using_coder_sets_the_default_for_its_block_and_thread_only():
     assert current_coder() == DEFAULT_CODER == "zstd" and encode(s, "medium")[4] == 1
     seen = []
     with using_coder("range"):
-        assert current_coder() == "range" and encode(s, "medium")[4] == 2
+        assert current_coder() == "range" and encode(s, "medium")[4] == 3
         assert encode(s, "medium", coder="zstd")[4] == 1  # an explicit coder wins
         worker = threading.Thread(target=lambda: seen.append(encode(s, "medium")[4]))
         worker.start()
@@ -142,12 +167,19 @@ def test_position_codes_beyond_their_bits():
     fails(rc_image(body, n=5, bits=(2, 8, 8, 9)), "image 0: a position code exceeds 4 bits")
 
 
-def test_header_rules_of_mode_3():
+def test_header_rules_of_modes_3_and_4():
     body = encode_codes(*codes(2, Q_BITS), Q_BITS)
     fails(rc_image(body, version=1), "image 0: coding mode 3 needs format version 2")
     fails(rc_image(body, raw_len=5), "image 0: raw_len is 5, expected 0 for mode 3")
     fails(rc_image(body, flags=1), "unknown flags")
     fails(rc_image(body, bits=(12, 8, 13, 9)), "angle_bits=13")
+    lc = encode_codes(*codes(2, Q_BITS, logcov=True), Q_BITS, True)
+    assert decode(rc_image(lc, version=3, mode=C.MODE_QUANTISED_LC)).counts.tolist() == [2]
+    fails(rc_image(lc, mode=C.MODE_QUANTISED_LC), "image 0: coding mode 4 needs format version 3")
+    fails(
+        rc_image(lc, version=3, mode=C.MODE_QUANTISED_LC, raw_len=1),
+        "image 0: raw_len is 1, expected 0 for mode 4",
+    )
 
 
 def test_gaussians_per_coded_byte_are_bounded():
@@ -162,12 +194,12 @@ def test_gaussians_per_coded_byte_are_bounded():
     assert per * 5 < floor
 
 
-@given(st.binary(min_size=0, max_size=200), st.integers(0, 40))
+@given(st.binary(min_size=0, max_size=200), st.integers(0, 40), st.booleans())
 @C.CI
-def test_fuzz_range_decoder(body, n):
+def test_fuzz_range_decoder(body, n, logcov):
     """Any bytes: in-range codes and the exact length consumed, or a RangeError; nothing else."""
     try:
-        m, s, a, c = decode_codes(body, n, Q_BITS)
+        m, s, a, c = decode_codes(body, n, Q_BITS, logcov)
     except RangeError as exc:
         assert str(exc)
         return
@@ -188,7 +220,7 @@ def test_worked_example_of_docs_format_md():
         torch.tensor([[3, 2]]),
     )
     spec = QuantSpec(4, 4, 4, 4)
-    old, new = encode(s, spec, coder="zstd"), encode(s, spec, coder="range")
+    old, new = encode(s, spec, coder="zstd"), C.mode3_payload(s, spec)
     assert C.raw_bodies(old)[0] == bytes.fromhex("55 35 00 0f 0f 00 0d 08 00 02 00 0f 02 00")
     head, _, ((header, body),) = C.split(new)
     assert head[1] == 2 and header["mode"] == 3 and header["raw_len"] == 0
@@ -197,3 +229,18 @@ def test_worked_example_of_docs_format_md():
     assert morton.tolist() == [85, 138] and scale.tolist() == [[0, 15], [15, 0]]
     assert angle.tolist() == [13, 8] and color.tolist() == [[0, 2], [0, 15], [2, 0]]
     assert torch.equal(decode(old).chol, decode(new).chol)
+    # mode 4 (version 3, what the range coder writes): log-covariance shapes
+    current = encode(s, spec, coder="range")
+    head, _, ((header, body),) = C.split(current)
+    assert head[1] == 3 and header["mode"] == 4 and header["raw_len"] == 0
+    ranges = np.array([header[f"range{k}"] for k in range(4, 8)], np.float32)
+    assert ranges.view(np.uint32).tolist() == [0xBF5644DC, 0xBFA0B617, 0xBF5644DC, 0x3F8C9F54]
+    assert body == bytes.fromhex("00 1d 50 91 00 21 ee 22 db 18 67 90 00")
+    morton, scale, angle, color = decode_codes(body, 2, (4, 4, 4, 4), True)
+    assert morton.tolist() == [85, 138] and scale.tolist() == [[0, 0], [9, 1]]
+    assert angle.tolist() == [5, 8] and color.tolist() == [[0, 2], [0, 15], [2, 0]]
+    got = decode(current)
+    assert torch.equal(got.means, decode(old).means) and torch.equal(got.colors, decode(old).colors)
+    assert torch.allclose(got.chol[0, 1], torch.tensor([0.125, 0.0, 0.25]), atol=1e-7)
+    want = torch.tensor([0.24582525, -0.06234132, 0.12712283])
+    assert torch.allclose(got.chol[0, 0], want, rtol=1e-6)

@@ -24,7 +24,14 @@ from gsvision.codec import (
     read_metadata,
 )
 from gsvision.codec import format as F
-from gsvision.codec.quant import _COLOR_BASIS, dequantise, morton_codes, quantise, to_shape
+from gsvision.codec.quant import (
+    _COLOR_BASIS,
+    dequantise,
+    morton_codes,
+    quantise,
+    to_logcov,
+    to_shape,
+)
 from gsvision.io import SplatFileError, load_splats, save_splats
 from gsvision.splats import Splats
 
@@ -164,19 +171,23 @@ def test_f16_refuses_values_it_cannot_hold():
 
 
 # ------------------------------------------------------------------------------ quantised
-def _reference(s: Splats, b: int, spec: QuantSpec):
+def _reference(s: Splats, b: int, spec: QuantSpec, logcov: bool = False):
     """What decode must return for image ``b``: the quantiser's own round trip, in Z-order,
     plus that order (to match decoded Gaussians with the originals)."""
     img = s[b].fold_opacity().image(0)
     h, w = (int(v) for v in s.image_sizes[b])
-    codes, ranges = quantise(img["means"], img["chol"], img["colors"], (h, w), spec)
+    codes, ranges = quantise(img["means"], img["chol"], img["colors"], (h, w), spec, logcov)
     order = torch.sort(morton_codes(codes["pos"]), stable=True).indices
     sorted_codes = {k: v[order] for k, v in codes.items()}
-    return order, dequantise(sorted_codes, ranges, (h, w), spec), ranges, img, sorted_codes
+    values = dequantise(sorted_codes, ranges, (h, w), spec, logcov)
+    return order, values, ranges, img, sorted_codes
 
 
-def _check_quantised_image(s: Splats, out: Splats, b: int, spec: QuantSpec) -> None:
-    order, (means, chol, colors), ranges, img, codes = _reference(s, b, spec)
+def _check_quantised_image(
+    s: Splats, out: Splats, b: int, spec: QuantSpec, coder: str = "zstd"
+) -> None:
+    logcov = coder == "range"
+    order, (means, chol, colors), ranges, img, codes = _reference(s, b, spec, logcov)
     got = out.image(b)
     # 1. exactly what the quantiser's dequantise gives: encoder and decoder agree bit for bit
     assert_bits_equal(got["means"], means)
@@ -200,14 +211,23 @@ def _check_quantised_image(s: Splats, out: Splats, b: int, spec: QuantSpec) -> N
     err = torch.linalg.vector_norm(got["colors"] - want["colors"], dim=1)
     assert float(err.max()) <= math.sqrt(3) / 2 * col_step + 1e-5
 
+    scale = torch.tensor([w, h, h], dtype=torch.float32)
+    shape_in = to_shape(want["chol"].to(torch.float32) * scale)
+    shape_out = to_shape(got["chol"] * scale)
+    if logcov:
+        # 4'. log-covariance shape (mode 4): the log size within half its step, each of the log
+        #     anisotropy's u, v within half theirs, everywhere (no angle to wrap or swap)
+        size_step = float(ranges.scale_hi[0] - ranges.scale_lo[0]) / levels(spec.scale_bits)
+        uv_step = float(ranges.scale_hi[1] - ranges.scale_lo[1]) / levels(spec.angle_bits)
+        err = (to_logcov(shape_out) - to_logcov(shape_in)).abs()
+        assert float(err[:, 0].max()) <= size_step / 2 + 1e-4
+        assert float(err[:, 1:].max()) <= uv_step / 2 + 1e-4
+        return
     # 4. shape: log-scales (sorted, so a major/minor swap cannot hide an error) within half the
     #    shared log-scale step. The angle is within half an angle step wherever it is defined:
     #    where the original and the stored shape are both clearly elongated, and the stored major
     #    axis is still the major one (coarse scale steps can swap near-round axes, a 90° turn of
     #    a shape that is round to within a step).
-    scale = torch.tensor([w, h, h], dtype=torch.float32)
-    shape_in = to_shape(want["chol"].to(torch.float32) * scale)
-    shape_out = to_shape(got["chol"] * scale)
     log_step = float((ranges.scale_hi - ranges.scale_lo).max()) / levels(spec.scale_bits)
     assert float((shape_out[:, :2] - shape_in[:, :2]).abs().max()) <= log_step / 2 + 1e-4
     stored = ranges.scale_lo + codes["scale"].to(torch.float32) * log_step
@@ -218,22 +238,23 @@ def _check_quantised_image(s: Splats, out: Splats, b: int, spec: QuantSpec) -> N
         assert float(d.max()) <= math.pi / (1 << (spec.angle_bits + 1)) + 1e-4
 
 
+@pytest.mark.parametrize("coder", ["zstd", "range"])
 @pytest.mark.parametrize("level", QUANTISED, ids=QUANT_IDS)
-def test_quantised_levels_within_the_stated_error(level):
+def test_quantised_levels_within_the_stated_error(level, coder):
     s = batch()
-    out = decode(encode(s, level))
+    out = decode(encode(s, level, coder=coder))
     spec = LEVELS[level] if isinstance(level, str) else level
     assert out.opacities is None  # folded into the colours
     assert out.counts.tolist() == [40, 0, 13]
     assert out.image_sizes.tolist() == [[37, 53], [8, 61], [64, 64]]
     for b in range(3):
-        _check_quantised_image(s, out, b, spec)
+        _check_quantised_image(s, out, b, spec, coder)
 
 
 def test_zero_width_ranges_decode_exactly():
     """One Gaussian, or identical ones: every range has width 0, so step 0, and positions,
     colours and sizes come back exactly (up to the colour basis' float32 rounding); only the
-    angle, quantised over a fixed [0, pi), moves."""
+    angle, quantised over a fixed [0, pi), moves (with log-covariances, the smaller of u, v)."""
     s = C.random_splats([(30, 20)], 1, seed=4)
     same = Splats.create(
         s.means[0].repeat(5, 1), s.chol[0].repeat(5, 1), s.colors[0].repeat(5, 1), (30, 20)
@@ -246,6 +267,10 @@ def test_zero_width_ranges_decode_exactly():
         got, want = to_shape(out.chol[0] * scale), to_shape(case.chol[0] * scale)
         assert torch.allclose(got[:, :2], want[:, :2], rtol=0, atol=1e-5)
         _check_quantised_image(case, out, 0, LEVELS["low"])
+        # log-covariances: the size exactly; of the anisotropy (u, v) the larger holds the range
+        lc = decode(encode(case, "low", coder="range"))
+        assert torch.equal(lc.means[0], case.means[0, : lc.capacity])
+        _check_quantised_image(case, lc, 0, LEVELS["low"], "range")
 
 
 @given(
@@ -255,17 +280,18 @@ def test_zero_width_ranges_decode_exactly():
     bits=st.tuples(st.integers(1, 16), st.integers(1, 12), st.integers(1, 12), st.integers(1, 12)),
     seed=st.integers(0, 2**16),
     sigma=st.sampled_from([(0.05, 0.5), (0.6, 6.0), (5.0, 80.0)]),
+    coder=st.sampled_from(["zstd", "range"]),
 )
-@settings(C.CI, max_examples=40)
-def test_quantised_property(n, h, w, bits, seed, sigma):
+@settings(C.CI, max_examples=60)
+def test_quantised_property(n, h, w, bits, seed, sigma, coder):
     """Any image size, count and bit depths: exact agreement with the quantiser, error bounds."""
     spec = QuantSpec(*bits)
     s = C.random_splats([(h, w)], n, seed=seed, sigma_px=sigma, opacity=seed % 2 == 0)
     if n > h * w:  # the format allows at most one Gaussian per pixel
         with pytest.raises(ValueError, match="more than its pixels"):
-            encode(s, spec)
+            encode(s, spec, coder=coder)
         return
-    _check_quantised_image(s, decode(encode(s, spec)), 0, spec)
+    _check_quantised_image(s, decode(encode(s, spec, coder=coder)), 0, spec, coder)
 
 
 # Rendered PSNR of decode(encode(s)) against s at the fitted size, 400 + 250 Gaussians of 0.7-8 px
@@ -325,7 +351,7 @@ def test_encoded_sizes_add_up():
         assert [a - 16 for a in alone] == sizes
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 3])
 def test_payload_is_little_endian_as_documented(version):
     s = C.random_splats([(37, 53)], 3, seed=9)
     payload = encode(s, "medium", {"a": 1}, coder="zstd" if version == 1 else "range")
@@ -333,7 +359,7 @@ def test_payload_is_little_endian_as_documented(version):
     assert head == (b"\x89GSV", version, 0, 1, 7) and meta == b'{"a":1}'
     ((header, body),) = images
     assert (header["height"], header["width"], header["n"]) == (37, 53, 3)
-    mode = C.MODE_QUANTISED if version == 1 else C.MODE_QUANTISED_RC
+    mode = C.MODE_QUANTISED if version == 1 else C.MODE_QUANTISED_LC
     assert header["mode"] == mode and header["reserved"] == 0
     bits = LEVELS["medium"]
     assert (header["pos_bits"], header["scale_bits"], header["angle_bits"], header["color_bits"]) == (
@@ -359,7 +385,7 @@ def test_gsv_files_through_save_and_load_splats(tmp_path):
     loaded, meta = load_splats(path)
     assert meta == {"fit": {"psnr": 30.0}}
     assert path.read_bytes() == encode(s, "medium", meta, coder="range")  # the default level
-    want = decode(encode(s, "medium"))
+    want = decode(encode(s, "medium", coder="range"))
     assert loaded.counts.tolist() == [40, 0, 13]
     for b in range(3):
         for name, t in want.image(b).items():
@@ -466,8 +492,8 @@ def test_quantised_is_what_the_decoder_returns_without_the_lossless_stage(level)
     from gsvision.codec import quantised
 
     s = C.random_splats([(40, 56), (32, 32), (17, 90)], 150, seed=4, counts=[150, 90, 7])
-    fast = quantised(s, level)
     for coder in ("zstd", "range"):
+        fast = quantised(s, level, coder=coder)
         slow = decode(encode(s, level, coder=coder))
         for name in ("means", "chol", "colors", "counts", "image_sizes"):
             assert torch.equal(getattr(fast, name), getattr(slow, name)), (coder, name)

@@ -32,7 +32,15 @@ from gsvision.codec.entropy import (
     varint_encode,
 )
 from gsvision.codec.format import FLAG_OPACITY as _FLAG_OPACITY
-from gsvision.codec.format import LIMITS, QUANTISED_MODES, CodecError, ImageHeader, pack, unpack
+from gsvision.codec.format import (
+    LIMITS,
+    QUANTISED_MODES,
+    RANGE_MODES,
+    CodecError,
+    ImageHeader,
+    pack,
+    unpack,
+)
 from gsvision.codec.kernels import (
     CODE_CHECKS,
     VALUE_CHECKS,
@@ -127,10 +135,11 @@ def encode(
         metadata: optional JSON-serialisable dict stored with the payload.
         coder: the lossless stage of the quantised levels (default: the enclosing
             :func:`using_coder`'s, else :data:`DEFAULT_CODER`).
-            ``"range"`` range-codes the codes with adaptive models (format version 2, mode 3:
-            12-20% smaller, decoding ~1 µs per Gaussian); ``"zstd"`` writes them as version 1
-            did (mode 2: byte planes and zstd, larger but ~4x faster to decode in batches,
-            readable by version-1 readers). Float levels are written as version 1 either way.
+            ``"range"`` codes shapes as log-covariances and range-codes the codes with adaptive
+            models (format version 3, mode 4: 15-25% smaller, decoding ~1 µs per Gaussian);
+            ``"zstd"`` writes them as version 1 did (mode 2: byte planes and zstd, larger but ~4x
+            faster to decode in batches, readable by version-1 readers). Float levels are
+            written as version 1 either way.
 
     Raises:
         ValueError: for invalid splats, an unknown level or metadata that is not JSON.
@@ -140,7 +149,7 @@ def encode(
         raise ValueError(f'encode: coder must be "range" or "zstd", got {coder!r}')
     splats = splats.detach().to("cpu").validate()
     how = resolve_level(level)
-    version = 2 if coder == "range" else 1
+    version = 3 if coder == "range" else 1
     records = [_encode_image(splats[b], how, version) for b in range(splats.batch_size)]
     try:
         return pack(records, metadata)
@@ -148,12 +157,17 @@ def encode(
         raise ValueError(f"encode: {exc}") from exc
 
 
-def quantised(splats: Splats, level: str | QuantSpec = DEFAULT_LEVEL) -> Splats:
-    """What ``decode(encode(splats, level))`` returns (bit for bit, whatever the coder), without
-    the costly lossless stage: the closed-loop encoder's view of the decoded geometry."""
+def quantised(
+    splats: Splats, level: str | QuantSpec = DEFAULT_LEVEL, *, coder: str | None = None
+) -> Splats:
+    """What ``decode(encode(splats, level, coder=coder))`` returns (bit for bit), without the
+    costly lossless stage where it can: the closed-loop encoder's view of the decoded geometry."""
     splats = splats.detach().to("cpu").validate()
     how = resolve_level(level)
-    records = [_encode_image(splats[b], how, 1, zstd_level=1) for b in range(splats.batch_size)]
+    version = 3 if (coder or current_coder()) == "range" else 1
+    records = [
+        _encode_image(splats[b], how, version, zstd_level=1) for b in range(splats.batch_size)
+    ]
     return decode(pack(records))
 
 
@@ -251,8 +265,10 @@ def describe(payload: bytes | bytearray | memoryview) -> list[str]:
         how = im.mode
         if im.mode in QUANTISED_MODES:
             names = ("position", "scale", "angle", "colour")
+            if im.mode == "quantised-lc":
+                names = ("position", "log size", "log anisotropy", "colour")
             depths = ", ".join(f"{n} {b}" for n, b in zip(names, im.bits, strict=True))
-            coder = "range-coded" if im.mode == "quantised-rc" else "zstd"
+            coder = "range-coded" if im.mode in RANGE_MODES else "zstd"
             how = f"quantised ({depths} bits; {coder})"
         lines.append(
             f"image {i}: {im.width}x{im.height}, {im.n} Gaussians, {how}, {80 + len(im.body)} bytes"
@@ -284,20 +300,23 @@ def _encode_image(
         flags = _FLAG_OPACITY if s.opacities is not None else 0
         return ImageHeader(h, w, n, how, flags, raw_len=len(raw), body=compress(raw, zstd_level))
     s = s.fold_opacity()
-    codes, ranges = quantise(s.means[0, :n], s.chol[0, :n], s.colors[0, :n], (h, w), how)
+    logcov = version >= 3
+    codes, ranges = quantise(s.means[0, :n], s.chol[0, :n], s.colors[0, :n], (h, w), how, logcov)
     morton = morton_codes(codes["pos"])
     order = torch.sort(morton, stable=True).indices
     bits = (how.pos_bits, how.scale_bits, how.angle_bits, how.color_bits)
     values = tuple(float(v) for t in ranges.tensors() for v in t)
-    if version >= 2:  # range-coded codes (mode 3)
+    if version >= 2:  # range-coded codes (mode 3; mode 4 from version 3)
         body = encode_codes(
             morton[order].numpy(),
             codes["scale"][order].T.numpy(),
             codes["angle"][order].numpy(),
             codes["color"][order].T.numpy(),
             bits,
+            logcov,
         )
-        return ImageHeader(h, w, n, "quantised-rc", 0, bits, values, 0, body)
+        mode = "quantised-lc" if logcov else "quantised-rc"
+        return ImageHeader(h, w, n, mode, 0, bits, values, 0, body)
     deltas = torch.diff(morton[order], prepend=morton.new_zeros(1))
     raw = b"".join(
         [
@@ -401,7 +420,7 @@ def _decode_payloads(
 
 
 def _decompressed(i: int, im: ImageHeader) -> bytes:
-    if im.mode == "quantised-rc":  # no decompression stage
+    if im.mode in RANGE_MODES:  # no decompression stage
         return im.body
     lo, hi = _raw_len_bounds(im)
     if not lo <= im.raw_len <= hi:
@@ -421,7 +440,7 @@ def _decode_group(key: tuple, images: list[_Image]) -> _Part:
     quantised = key[0] in QUANTISED_MODES
     widths = [2, 3, 3] + ([1] if not quantised and key[1] & _FLAG_OPACITY else [])
     arrays = [np.empty((sum(im.header.n for im in images), k), np.float32) for k in widths]
-    runs = {"quantised": _quantised_run, "quantised-rc": _rc_run}
+    runs = {"quantised": _quantised_run, "quantised-rc": _rc_run, "quantised-lc": _rc_run}
     decode_run = runs.get(key[0], _float_run)
     errors: dict[tuple[int, int], str] = {}
     run: list[_Image] = []
@@ -485,10 +504,11 @@ def _empty_codes(total: int) -> tuple[np.ndarray, ...]:
 def _rc_run(
     images: list[_Image], means: np.ndarray, chol: np.ndarray, colors: np.ndarray
 ) -> dict[int, str]:
-    """Decode range-coded images (mode 3) of one bit depth into ``means, chol, colors``; returns
-    each bad image's (by position) first failed check. The range decoder runs per image; the
-    dequantisation once over all of them."""
+    """Decode range-coded images (mode 3 or 4, one of them) of one bit depth into ``means,
+    chol, colors``; returns each bad image's (by position) first failed check. The range decoder
+    runs per image; the dequantisation once over all of them."""
     bits = images[0].header.bits
+    logcov = images[0].header.mode == "quantised-lc"
     n = np.array([im.header.n for im in images], np.int64)
     codes = pos, scale, angle, color = _empty_codes(int(n.sum()))
     errors: dict[int, str] = {}
@@ -496,14 +516,14 @@ def _rc_run(
     for b, im in enumerate(images):
         hi = lo + int(n[b])
         try:
-            m, s, a, c = decode_codes(im.raw, int(n[b]), bits)
+            m, s, a, c = decode_codes(im.raw, int(n[b]), bits, logcov)
         except RangeError as exc:
             errors[b] = str(exc)
         else:
             morton_xy(m, pos[:, lo:hi])
             scale[:, lo:hi], angle[lo:hi], color[:, lo:hi] = s, a, c
         lo = hi
-    _dequantise_run(images, n, codes, means, chol, colors, errors)
+    _dequantise_run(images, n, codes, means, chol, colors, errors, logcov)
     return errors
 
 
@@ -515,6 +535,7 @@ def _dequantise_run(
     chol: np.ndarray,
     colors: np.ndarray,
     errors: dict[int, str],
+    logcov: bool = False,
 ) -> None:
     """Values from the codes (:func:`_empty_codes`' layout) of quantised images of one bit
     depth, into ``means, chol, colors``; adds each image's first failed value check to
@@ -532,6 +553,7 @@ def _dequantise_run(
         chol,
         colors,
         bad,
+        logcov,
     )
     for b, k in zip(*np.nonzero(bad >= 0), strict=True):  # row-major: each image's first check
         if b not in errors:

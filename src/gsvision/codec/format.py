@@ -27,6 +27,7 @@ __all__ = [
     "VERSION",
     "VERSIONS",
     "MODES",
+    "RANGE_MODES",
     "LIMITS",
     "ImageHeader",
     "pack",
@@ -34,17 +35,20 @@ __all__ = [
 ]
 
 MAGIC = b"\x89GSV"
-VERSION = 2
-#: Versions this reader reads. A writer emits version 1 when every image is in a version-1 mode
-#: (so older readers still read float payloads), else version 2.
-VERSIONS = (1, 2)
+VERSION = 3
+#: Versions this reader reads. A writer emits the lowest version its images' modes allow (so
+#: older readers still read what they can): 1 for float and zstd payloads, else 3.
+VERSIONS = (1, 2, 3)
 
 #: How an image's Gaussians are coded: exact float32, float16, quantised integer codes with zstd
-#: (version 1), or the same codes range-coded (version 2 only; see ``rc.py``).
-MODES = {0: "float32", 1: "float16", 2: "quantised", 3: "quantised-rc"}
-QUANTISED_MODES = ("quantised", "quantised-rc")
+#: (version 1), the same codes range-coded (version 2; see ``rc.py``), or range-coded with the
+#: shape as its log-covariance (version 3; see ``quant.py``).
+MODES = {0: "float32", 1: "float16", 2: "quantised", 3: "quantised-rc", 4: "quantised-lc"}
+QUANTISED_MODES = ("quantised", "quantised-rc", "quantised-lc")
+#: The quantised modes with a range-coded body (no zstd stage).
+RANGE_MODES = ("quantised-rc", "quantised-lc")
 #: The first version in which each mode may appear.
-MODE_SINCE = {"float32": 1, "float16": 1, "quantised": 1, "quantised-rc": 2}
+MODE_SINCE = {"float32": 1, "float16": 1, "quantised": 1, "quantised-rc": 2, "quantised-lc": 3}
 MODE_IDS = {name: key for key, name in MODES.items()}
 
 #: Bounds every decoder enforces before allocating (documented in docs/format.md).
@@ -235,9 +239,9 @@ def _image_header(i: int, fields: tuple, version: int) -> ImageHeader:
             and r[8] <= r[11] and r[9] <= r[12] and r[10] <= r[13]
         ):  # fmt: skip
             raise CodecError(f"image {i}: a quantisation range has lo > hi")
-        if mode == "quantised-rc":  # no decompression stage: the body is the range coder's
+        if mode in RANGE_MODES:  # no decompression stage: the body is the range coder's
             if raw_len != 0:
-                raise CodecError(f"image {i}: raw_len is {raw_len}, expected 0 for mode 3")
+                raise CodecError(f"image {i}: raw_len is {raw_len}, expected 0 for mode {mode_id}")
     else:
         if flags not in (0, FLAG_OPACITY):
             raise CodecError(f"image {i}: unknown flags {flags:#x}")
@@ -264,7 +268,7 @@ def _check_totals(total_n: int, total_raw: int, payload_len: int) -> None:
 
 def _check_expansion(i: int, header: ImageHeader) -> None:
     """Refuse bodies that would decompress out of proportion to their coded size."""
-    if header.mode == "quantised-rc":
+    if header.mode in RANGE_MODES:
         per = LIMITS["rc_gaussians_per_byte"]
         allowed = max(LIMITS["rc_gaussians_floor"], per * len(header.body))
         if header.n > allowed:

@@ -24,7 +24,15 @@ import math
 import torch
 from torch import Tensor
 
-from gsvision.codec.quant import QuantSpec, Ranges, _levels, _step, to_shape
+from gsvision.codec.quant import (
+    QuantSpec,
+    Ranges,
+    _levels,
+    _step,
+    anisotropy_range,
+    to_logcov,
+    to_shape,
+)
 from gsvision.raster import render
 from gsvision.splats import Splats
 
@@ -36,10 +44,13 @@ _LR_CODES = 0.2  # geometry learning rate, in code steps per iteration (cosine-d
 _LR_COLOURS = 0.002
 
 
-def _codes_space(s: Splats, b: int, spec: QuantSpec) -> dict[str, Tensor] | None:
+def _codes_space(s: Splats, b: int, spec: QuantSpec, logcov: bool) -> dict[str, Tensor] | None:
     """Image ``b``'s continuous codes and the constants that map them to values, computed in
     float32 on the CPU exactly as :func:`~gsvision.codec.quant.quantise` does; ``None`` when a
-    field has no spread (one Gaussian, or all at one place): nothing to refine."""
+    field has no spread (one Gaussian, or all at one place): nothing to refine.
+
+    The shape is two fields: ``pair`` (two codes per Gaussian) and ``single`` (one): the
+    log-scales and the angle, or with ``logcov`` the log anisotropy ``(u, v)`` and the log size."""
     n = int(s.counts[b])
     h, w = (int(v) for v in s.image_sizes[b])
     means, chol, colors = (
@@ -48,28 +59,57 @@ def _codes_space(s: Splats, b: int, spec: QuantSpec) -> dict[str, Tensor] | None
     shape = to_shape(chol * torch.tensor([w, h, h], dtype=torch.float32))
     r = Ranges.from_values(means, shape[:, :2], colors)
     step_p = _step(r.pos_lo, r.pos_hi, spec.pos_bits)
-    step_s = _step(r.scale_lo, r.scale_hi, spec.scale_bits)
+    out = {"pos_lo": r.pos_lo, "step_p": step_p.expand(2), "colors": colors}
+    if logcov:
+        suv = to_logcov(shape)
+        size, uv = suv[:, 0], suv[:, 1:]
+        s_lo, s_hi = size.amin(), size.amax()
+        uv_lo, uv_hi = anisotropy_range(uv, spec.angle_bits)
+        step_s = _step(s_lo, s_hi, spec.scale_bits)
+        step_uv = _step(uv_lo, uv_hi, spec.angle_bits)
+        spare = torch.where(step_uv > 0, step_uv, 1.0)
+        out |= {
+            "pair": torch.where(step_uv > 0, (uv - uv_lo) / spare, 0.0),
+            "single": (size - s_lo) / torch.where(step_s > 0, step_s, 1.0),
+            "pair_lo": uv_lo.expand(2),
+            "step_pair": step_uv.expand(2),
+            "single_lo": s_lo,
+            "step_single": step_s,
+        }
+    else:
+        step_s = _step(r.scale_lo, r.scale_hi, spec.scale_bits)
+        out |= {
+            "pair": (shape[:, :2] - r.scale_lo) / step_s,
+            "single": shape[:, 2] * ((1 << spec.angle_bits) / math.pi),
+            "pair_lo": r.scale_lo,
+            "step_pair": step_s.expand(2),
+        }
     if n < 2 or float(step_p) <= 0 or float(step_s) <= 0:
         return None
-    return {
-        "pos": (means - r.pos_lo) / step_p,
-        "scale": (shape[:, :2] - r.scale_lo) / step_s,
-        "angle": shape[:, 2] * ((1 << spec.angle_bits) / math.pi),
-        "colors": colors,
-        "pos_lo": r.pos_lo,
-        "step_p": step_p.expand(2),
-        "scale_lo": r.scale_lo,
-        "step_s": step_s.expand(2),
-    }
+    out["pos"] = (means - r.pos_lo) / step_p
+    return out
 
 
-def _values(pos, scale, angle, k, spec: QuantSpec, hw) -> tuple[Tensor, Tensor]:
+def _values(pos, pair, single, k, spec: QuantSpec, hw, logcov: bool) -> tuple[Tensor, Tensor]:
     """Normalised means and Cholesky factors from (continuous) codes, as the decoder computes
     them from integer ones (``kernels.dequantise_into``)."""
     h, w = hw
     means = k["pos_lo"] + pos * k["step_p"]
-    log_s = k["scale_lo"] + scale * k["step_s"]
-    theta = angle * (math.pi / (1 << spec.angle_bits))
+    if logcov:  # Σ = exp(2s I + [[u, v], [v, -u]]) in closed form, smooth at u = v = 0
+        uv = (k["pair_lo"] + pair * k["step_pair"]).double()
+        size = (k["single_lo"] + single * k["step_single"]).double()
+        u, v = uv[..., 0], uv[..., 1]
+        d2 = u * u + v * v
+        d = torch.sqrt(d2.clamp_min(1e-20))
+        small = d2 < 1e-8
+        sinhc = torch.where(small, 1 + d2 / 6, torch.sinh(d) / d)
+        cosh = torch.where(small, 1 + d2 / 2, torch.cosh(d))
+        area = torch.exp(2 * size)  # σ_major σ_minor
+        l11 = torch.sqrt(area * (cosh + u * sinhc))
+        chol = torch.stack([l11 / w, area * v * sinhc / l11 / h, area / l11 / h], -1)
+        return means, chol.float()
+    log_s = k["pair_lo"] + pair * k["step_pair"]
+    theta = single * (math.pi / (1 << spec.angle_bits))
     s1, s2 = torch.exp(log_s[..., 0]), torch.exp(log_s[..., 1])
     cos, sin = torch.cos(theta), torch.sin(theta)
     d = torch.sqrt(s1 * s1 * cos * cos + s2 * s2 * sin * sin)
@@ -77,34 +117,51 @@ def _values(pos, scale, angle, k, spec: QuantSpec, hw) -> tuple[Tensor, Tensor]:
     return means, chol
 
 
-def _order(k: dict[str, Tensor], n: int, cap: int) -> Tensor:
+def _order(k: dict[str, Tensor], n: int, cap: int, logcov: bool) -> Tensor:
     """The order blocks are rounded in: the ranges' extremes, then by energy ``|c|² σ₁σ₂``."""
-    energy = (k["colors"] ** 2).sum(-1) * torch.exp(
-        k["scale_lo"].sum() + k["scale"].sum(-1) * k["step_s"][0]
-    )
+    if logcov:
+        log_area = 2 * (k["single_lo"] + k["single"] * k["step_single"])
+        zero = k["pair_lo"].abs() / torch.where(k["step_pair"] > 0, k["step_pair"], 1.0)
+        ends = [k["pos"].argmin(0), k["pos"].argmax(0), k["single"].argmin(0)[None]]
+        ends += [k["single"].argmax(0)[None], (k["pair"] - zero).abs().argmax(0)]
+    else:
+        log_area = k["pair_lo"].sum() + k["pair"].sum(-1) * k["step_pair"][0]
+        ends = [k[f].argmin(0) for f in ("pos", "pair")] + [k[f].argmax(0) for f in ("pos", "pair")]
+    energy = (k["colors"] ** 2).sum(-1) * torch.exp(log_area)
     order = torch.argsort(energy, descending=True, stable=True)
-    ends = torch.cat(
-        [k[f].argmin(0) for f in ("pos", "scale")] + [k[f].argmax(0) for f in ("pos", "scale")]
-    )
     first = torch.zeros(n, dtype=torch.bool)
-    first[ends] = True
+    first[torch.cat(ends)] = True
     rank = torch.full((cap,), cap, dtype=torch.int64)  # padding: never rounded (stays frozen)
     rank[:n] = torch.argsort(order)
     rank[:n][first] = -1
     return rank
 
 
-def _round(pos: Tensor, scale: Tensor, angle: Tensor, k: dict[str, Tensor], levels: tuple) -> tuple:
-    """Integer codes: nearest grid points, within the field's levels, with the major axis's
-    value kept at least the minor's (else the encoder would swap them and re-round)."""
-    pos = torch.round(pos).clamp(0, levels[0])
-    scale = torch.round(scale).clamp(0, levels[1])
-    lo, step = k["scale_lo"], k["step_s"][..., 0]
+def _bounds(spec: QuantSpec, logcov: bool) -> tuple[tuple[float, float] | None, ...]:
+    """The code range each of (pos, pair, single) keeps to (``None``: the angle, which wraps).
+    The log-anisotropy codes stay within ``±R`` (code 0 is one step beyond ``−R`` when
+    ``A ≥ 2``), so the range the encoder recomputes, ``R = max |u|, |v|``, is the one refined
+    for."""
+    pos = (0.0, _levels(spec.pos_bits))
+    if logcov:
+        top = _levels(spec.angle_bits)
+        return pos, (min(1.0, top - 1), top), (0.0, _levels(spec.scale_bits))
+    return pos, (0.0, _levels(spec.scale_bits)), None
+
+
+def _round(pos: Tensor, pair: Tensor, single: Tensor, k: dict[str, Tensor], bounds, logcov: bool):
+    """Integer codes: nearest grid points, within the field's bounds; polar shapes keep the
+    major axis's value at least the minor's (else the encoder would swap them and re-round)."""
+    pos = torch.round(pos).clamp(*bounds[0])
+    pair = torch.round(pair).clamp(*bounds[1])
+    if logcov:
+        return pos, pair, torch.round(single).clamp(*bounds[2])
+    lo, step = k["pair_lo"], k["step_pair"][..., 0]
     gap = (lo[..., 0] - lo[..., 1]) / step  # lo_major − lo_minor, in codes
-    swapped = scale[..., 0] + gap < scale[..., 1]
-    lowered = torch.floor(scale[..., 0] + gap + 1e-4).clamp(min=0)
-    scale = torch.stack([scale[..., 0], torch.where(swapped, lowered, scale[..., 1])], -1)
-    return pos, scale, torch.round(angle)
+    swapped = pair[..., 0] + gap < pair[..., 1]
+    lowered = torch.floor(pair[..., 0] + gap + 1e-4).clamp(min=0)
+    pair = torch.stack([pair[..., 0], torch.where(swapped, lowered, pair[..., 1])], -1)
+    return pos, pair, torch.round(single)
 
 
 def refined_geometry(
@@ -113,6 +170,7 @@ def refined_geometry(
     spec: QuantSpec,
     rounds: int = ROUNDS,
     steps: int = STEPS,
+    logcov: bool = True,
 ) -> Splats:
     """Splats whose positions and shapes lie on ``spec``'s grid, chosen for ``images``.
 
@@ -122,6 +180,8 @@ def refined_geometry(
         spec: the bit depths the result will be encoded at.
         rounds: blocks rounded in turn (1: plain rounding).
         steps: Adam steps between blocks on the Gaussians not yet rounded.
+        logcov: the grid of the range coder's log-covariance shapes (format mode 4); ``False``:
+            of the polar shapes of modes 2 and 3 (the zstd coder).
 
     Returns:
         the splats with grid geometry and refined (continuous) colours, on the same device;
@@ -141,18 +201,20 @@ def refined_geometry(
             f"{splats.image_sizes.tolist()}"
         )
     with torch.inference_mode(False), torch.enable_grad():  # callers may run without autograd
-        return _refined(splats.fold_opacity(), images, spec, rounds, steps)
+        return _refined(splats.fold_opacity(), images, spec, rounds, steps, logcov)
 
 
-def _refined(splats: Splats, images: Tensor, spec: QuantSpec, rounds: int, steps: int) -> Splats:
+def _refined(
+    splats: Splats, images: Tensor, spec: QuantSpec, rounds: int, steps: int, logcov: bool
+) -> Splats:
     b, cap = splats.batch_size, splats.capacity
     h, w = (int(v) for v in images.shape[1:3])
     device = splats.means.device
-    spaces = [_codes_space(splats, i, spec) for i in range(b)]
+    spaces = [_codes_space(splats, i, spec, logcov) for i in range(b)]
     todo = [i for i, k in enumerate(spaces) if k is not None]
     if not todo or rounds < 1:
         return splats
-    levels = (_levels(spec.pos_bits), _levels(spec.scale_bits))
+    bounds = _bounds(spec, logcov)
 
     def stack(name: str, width: int) -> Tensor:
         out = torch.zeros(len(todo), cap, width) if width else torch.zeros(len(todo), cap)
@@ -160,26 +222,30 @@ def _refined(splats: Splats, images: Tensor, spec: QuantSpec, rounds: int, steps
             out[j, : int(splats.counts[i])] = spaces[i][name]
         return out.to(device)
 
+    names = ("pos_lo", "step_p", "pair_lo", "step_pair") + (
+        ("single_lo", "step_single") if logcov else ()
+    )
     consts = {
-        name: torch.stack([spaces[i][name] for i in todo])[:, None].to(device)
-        for name in ("pos_lo", "step_p", "scale_lo", "step_s")
+        name: torch.stack([spaces[i][name] for i in todo])[:, None].to(device) for name in names
     }
-    params = [stack("pos", 2), stack("scale", 2), stack("angle", 0), stack("colors", 3)]
+    params = [stack("pos", 2), stack("pair", 2), stack("single", 0), stack("colors", 3)]
     params = [p.requires_grad_(True) for p in params]
-    rank = torch.stack([_order(spaces[i], int(splats.counts[i]), cap) for i in todo]).to(device)
+    rank = torch.stack([_order(spaces[i], int(splats.counts[i]), cap, logcov) for i in todo]).to(
+        device
+    )
     frozen = rank >= cap  # padding
     n_max = int(splats.counts[todo].max())
-    bounds = [round(n_max * r / rounds) for r in range(1, rounds + 1)]
+    ends = [round(n_max * r / rounds) for r in range(1, rounds + 1)]
     counts = splats.counts[todo].to(device)
     sizes = splats.image_sizes[todo].to(device)
     targets = images[todo].to(device, torch.float32)
     opt = torch.optim.Adam(
         [{"params": params[:3], "lr": _LR_CODES}, {"params": params[3:], "lr": _LR_COLOURS}]
     )
-    for r, bound in enumerate(bounds):
-        block = (rank < bound) & ~frozen
+    for r, end in enumerate(ends):
+        block = (rank < end) & ~frozen
         with torch.no_grad():
-            rounded = _round(params[0], params[1], params[2], consts, levels)
+            rounded = _round(params[0], params[1], params[2], consts, bounds, logcov)
             for p, q in zip(params[:3], rounded, strict=True):
                 p.copy_(torch.where(block.view(*block.shape, *[1] * (p.dim() - 2)), q, p))
         frozen |= block
@@ -190,18 +256,18 @@ def _refined(splats: Splats, images: Tensor, spec: QuantSpec, rounds: int, steps
             scale = 0.5 * (1 + math.cos(math.pi * t / steps))
             for group, rate in zip(opt.param_groups, (_LR_CODES, _LR_COLOURS), strict=True):
                 group["lr"] = rate * scale
-            means, chol = _values(params[0], params[1], params[2], consts, spec, (h, w))
+            means, chol = _values(params[0], params[1], params[2], consts, spec, (h, w), logcov)
             out = render(Splats(means, chol, params[3], counts, sizes), h, w)
             loss = ((out - targets) ** 2).mean((1, 2, 3)).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             with torch.no_grad():
-                for p, f, top in zip(params[:3], keep, (*levels, None), strict=True):
+                for p, f, lim in zip(params[:3], keep, bounds, strict=True):
                     fixed = frozen.view(*frozen.shape, *[1] * (p.dim() - 2))
-                    p.copy_(torch.where(fixed, f, p if top is None else p.clamp(0, top)))
+                    p.copy_(torch.where(fixed, f, p if lim is None else p.clamp(*lim)))
     with torch.no_grad():
-        means, chol = _values(params[0], params[1], params[2], consts, spec, (h, w))
+        means, chol = _values(params[0], params[1], params[2], consts, spec, (h, w), logcov)
         out_means, out_chol, out_colors = (
             t.clone() for t in (splats.means, splats.chol, splats.colors)
         )

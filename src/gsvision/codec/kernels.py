@@ -156,6 +156,7 @@ def _exp_value(lo, code, step):
 @njit(cache=True, error_model="numpy")
 def dequantise_into(
     pos, scale, angle, color, counts, firsts, ranges, sizes, bits, basis, means, chol, colors, bad,
+    logcov=False,
 ):  # fmt: skip
     """Values of quantised images from their codes (:func:`quantised_codes`' layout: ``[2, G]``
     position, ``[2, G]`` scale, ``[G]`` angle and ``[3, G]`` colour codes, int32).
@@ -165,7 +166,9 @@ def dequantise_into(
     them all; ``basis`` the float32 3×3 colour basis.
     A field's step is its widest channel's range over its levels; a value is ``lo + code * step``;
     the shape ``(log σ_major, log σ_minor, θ)`` becomes the Cholesky factor in normalised units
-    (docs/format.md §7.3). Writes ``means [G, 2]``, ``chol [G, 3]``, ``colors [G, 3]`` and
+    (docs/format.md §7.3). With ``logcov`` (mode 4) the scale codes are ``(s, u)`` and the angle
+    codes ``v`` of the log-covariance ``2s·I + [[u, v], [v, −u]]`` (§7.6): ``log σ = s ± d/2``
+    with ``d = √(u² + v²)``, ``θ = atan2(v, u) / 2``. Writes ``means [G, 2]``, ``chol [G, 3]``, ``colors [G, 3]`` and
     ``bad[b, k]``: the first Gaussian (in its image) failing value check ``k`` of
     :data:`VALUE_CHECKS`, −1 if none.
 
@@ -179,7 +182,7 @@ def dequantise_into(
         levels[k] = np.float32((np.int64(1) << bits[field]) - 1)
     n_angles = np.int64(1) << bits[2]
     angle_unit = np.float32(np.pi / n_angles)
-    tabulate_angle = n_angles <= counts.sum()
+    tabulate_angle = n_angles <= counts.sum() and not logcov
     cos_t = np.empty(n_angles if tabulate_angle else 0, np.float32)
     sin_t = np.empty_like(cos_t)
     for t in range(cos_t.size):
@@ -194,10 +197,15 @@ def dequantise_into(
     t = np.empty((12, most), np.float32)
     x, y, l11, l21, l22, c0, c1, c2 = t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]
     sigma1, sigma2, cos, sin = t[8], t[9], t[10], t[11]
+    levels_a = np.float32(n_angles - 1)
+    step_a = np.float32(0.0)
     for b in range(counts.size):
         r = ranges[b]
         step_p = max(r[2] - r[0], r[3] - r[1]) / levels[0]
         step_s = max(r[6] - r[4], r[7] - r[5]) / levels[1]
+        if logcov:
+            step_s = (r[6] - r[4]) / levels[1]
+            step_a = (r[7] - r[5]) / levels_a
         step_c = max(max(r[11] - r[8], r[12] - r[9]), r[13] - r[10]) / levels[2]
         h, w = np.float32(sizes[b, 0]), np.float32(sizes[b, 1])
         n, lo = counts[b], firsts[b]
@@ -216,7 +224,17 @@ def dequantise_into(
             c1[j] = v0 * basis[0, 1] + v1 * basis[1, 1] + v2 * basis[2, 1]
             c2[j] = v0 * basis[0, 2] + v1 * basis[1, 2] + v2 * basis[2, 2]
         major, minor, codes = scale[0, lo:hi], scale[1, lo:hi], angle[lo:hi]
-        if n_scales <= n:
+        if logcov:  # (s, u, v): no tables (σ depends on all three codes)
+            half = np.float32(0.5)
+            for j in range(n):
+                sz = r[4] + np.float32(major[j]) * step_s
+                u = r[5] + np.float32(minor[j]) * step_a
+                v = r[5] + np.float32(codes[j]) * step_a
+                d = np.sqrt(u * u + v * v) * half
+                sigma1[j], sigma2[j] = np.exp(sz + d), np.exp(sz - d)
+                theta = np.arctan2(v, u) * half
+                cos[j], sin[j] = np.cos(theta), np.sin(theta)
+        elif n_scales <= n:
             for c in range(n_scales):
                 major_t[c] = _exp_value(r[4], c, step_s)
                 minor_t[c] = _exp_value(r[5], c, step_s)
@@ -229,7 +247,7 @@ def dequantise_into(
         if tabulate_angle:
             for j in range(n):
                 cos[j], sin[j] = cos_t[codes[j]], sin_t[codes[j]]
-        else:
+        elif not logcov:
             for j in range(n):
                 theta = np.float32(codes[j]) * angle_unit
                 cos[j], sin[j] = np.cos(theta), np.sin(theta)

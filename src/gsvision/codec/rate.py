@@ -354,7 +354,9 @@ def _refined(
         cap = max(items[i].capacity for i in idx)
         batch = _on(Splats.cat([items[i].fold_opacity().compact(cap) for i in idx]), device)
         target = _on(torch.stack([images[i] for i in idx]), device)
-        done = refined_geometry(batch, target.to(batch.means.device), spec).to("cpu")
+        logcov = current_coder() == "range"  # the grid the payload's mode uses
+        done = refined_geometry(batch, target.to(batch.means.device), spec, logcov=logcov)
+        done = done.to("cpu")
         for j, i in enumerate(idx):
             out[i] = done[j].compact(int(items[i].counts[0]))
     return out

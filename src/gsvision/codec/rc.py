@@ -19,6 +19,11 @@ Streams, per image, in Morton order (see docs/format.md §7.5):
   two bits;
 - angle: one ``A``-bit tree per elongation class of the decoded ``(M − m)`` (4 classes);
 - colour: one ``C``-bit tree per channel.
+
+Mode 4 (format version 3) codes the shape as its log-covariance codes ``(s, u, v)`` instead of
+``(M, m, T)`` (see :mod:`gsvision.codec.quant`): ``s`` with one ``S``-bit tree, ``u`` with one
+``A``-bit tree, ``v`` with one of four ``A``-bit trees chosen by how far ``u`` is from 0 (round
+Gaussians have both near 0).
 """
 
 from __future__ import annotations
@@ -99,13 +104,20 @@ def _elong(major, minor, sbits):
 
 
 @njit(cache=True)
-def _encode(deltas, scale, angle, color, pb, sb, ab, cb, out):
+def _aniso(u, ab):
+    # context of the v code: how far the u code is from the grid's 0 (code 2^(A-1))
+    far = abs(u - (1 << (ab - 1))) >> max(ab - 6, 0)
+    return 0 if far == 0 else (1 if far <= 2 else (2 if far <= 5 else 3))
+
+
+@njit(cache=True)
+def _encode(deltas, scale, angle, color, pb, sb, ab, cb, out, lc):
     n = deltas.shape[0]
     st = np.zeros(4, np.int64)
     st[1] = 0xFFFFFFFF
     st[3] = 1
     probs = _new_probs(sb, ab, cb)
-    o_len, o_ctx, o_raw, o_maj, o_min, o_ang, o_col = _offsets(sb, ab, cb)
+    o_len, o_ctx, o_raw, o_maj, o_min, o_ang, o_u, o_col = _offsets(sb, ab, cb)
     pos = 0
     for i in range(n):
         d = deltas[i]
@@ -123,9 +135,13 @@ def _encode(deltas, scale, angle, color, pb, sb, ab, cb, out):
         mj = scale[0, i]
         mn = scale[1, i]
         pos = _enc_tree(st, out, pos, probs, o_maj, sb, mj)
-        pos = _enc_tree(st, out, pos, probs, o_min + (mj >> max(sb - 2, 0)) * (1 << sb), sb, mn)
-        e = _elong(mj, mn, sb)
-        pos = _enc_tree(st, out, pos, probs, o_ang + e * (1 << ab), ab, angle[i])
+        if lc:
+            pos = _enc_tree(st, out, pos, probs, o_u, ab, mn)
+            pos = _enc_tree(st, out, pos, probs, o_ang + _aniso(mn, ab) * (1 << ab), ab, angle[i])
+        else:
+            pos = _enc_tree(st, out, pos, probs, o_min + (mj >> max(sb - 2, 0)) * (1 << sb), sb, mn)
+            e = _elong(mj, mn, sb)
+            pos = _enc_tree(st, out, pos, probs, o_ang + e * (1 << ab), ab, angle[i])
         for c in range(3):
             pos = _enc_tree(st, out, pos, probs, o_col + c * (1 << cb), cb, color[c, i])
     for _ in range(5):
@@ -141,8 +157,9 @@ def _offsets(sb, ab, cb):
     o_maj = o_raw + 64 * 64
     o_min = o_maj + (1 << sb)
     o_ang = o_min + 4 * (1 << sb)
-    o_col = o_ang + ELONG_CLASSES * (1 << ab)
-    return o_len, o_ctx, o_raw, o_maj, o_min, o_ang, o_col
+    o_u = o_ang + ELONG_CLASSES * (1 << ab)
+    o_col = o_u + (1 << ab)
+    return o_len, o_ctx, o_raw, o_maj, o_min, o_ang, o_u, o_col
 
 
 @njit(cache=True)
@@ -152,7 +169,7 @@ def _new_probs(sb, ab, cb):
 
 @njit(cache=True)
 def _nprobs(sb, ab, cb):
-    return _offsets(sb, ab, cb)[6] + 3 * (1 << cb)
+    return _offsets(sb, ab, cb)[7] + 3 * (1 << cb)
 
 
 # ------------------------------------------------------------------------------ decoder
@@ -191,7 +208,7 @@ def _dec_tree(code, rng, k, buf, probs, base, bits):
 
 
 @njit(cache=True)
-def _decode(buf, n, pb, sb, ab, cb, deltas, scale, angle, color):
+def _decode(buf, n, pb, sb, ab, cb, deltas, scale, angle, color, lc):
     """Decodes into the arrays; returns ``(bytes consumed, every position code in range)``."""
     code = 0
     for j in range(5):
@@ -202,7 +219,7 @@ def _decode(buf, n, pb, sb, ab, cb, deltas, scale, angle, color):
     rng = 0xFFFFFFFF
     k = 5
     probs = _new_probs(sb, ab, cb)
-    o_len, o_ctx, o_raw, o_maj, o_min, o_ang, o_col = _offsets(sb, ab, cb)
+    o_len, o_ctx, o_raw, o_maj, o_min, o_ang, o_u, o_col = _offsets(sb, ab, cb)
     total = 0
     limit = 1 << (2 * pb)
     ok = True
@@ -229,11 +246,15 @@ def _decode(buf, n, pb, sb, ab, cb, deltas, scale, angle, color):
             total = limit - 1
         deltas[i] = total
         mj, code, rng, k = _dec_tree(code, rng, k, buf, probs, o_maj, sb)
-        base = o_min + (mj >> max(sb - 2, 0)) * (1 << sb)
-        mn, code, rng, k = _dec_tree(code, rng, k, buf, probs, base, sb)
+        if lc:
+            mn, code, rng, k = _dec_tree(code, rng, k, buf, probs, o_u, ab)
+            base = o_ang + _aniso(mn, ab) * (1 << ab)
+        else:
+            base = o_min + (mj >> max(sb - 2, 0)) * (1 << sb)
+            mn, code, rng, k = _dec_tree(code, rng, k, buf, probs, base, sb)
+            base = o_ang + _elong(mj, mn, sb) * (1 << ab)
         scale[0, i] = mj
         scale[1, i] = mn
-        base = o_ang + _elong(mj, mn, sb) * (1 << ab)
         angle[i], code, rng, k = _dec_tree(code, rng, k, buf, probs, base, ab)
         for c in range(3):
             color[c, i], code, rng, k = _dec_tree(
@@ -243,24 +264,30 @@ def _decode(buf, n, pb, sb, ab, cb, deltas, scale, angle, color):
 
 
 def encode_codes(
-    morton: np.ndarray, scale: np.ndarray, angle: np.ndarray, color: np.ndarray, bits
+    morton: np.ndarray,
+    scale: np.ndarray,
+    angle: np.ndarray,
+    color: np.ndarray,
+    bits,
+    logcov: bool = False,
 ) -> bytes:
     """Range-code one image's codes (sorted Morton codes ``[n]``, ``scale [2, n]``, ``angle [n]``,
-    ``color [3, n]``) at bit depths ``bits = (P, S, A, C)``."""
+    ``color [3, n]``) at bit depths ``bits = (P, S, A, C)``; ``logcov``: the shape codes are
+    mode 4's ``(s, u)`` and ``v``."""
     pb, sb, ab, cb = bits
     morton = np.asarray(morton, np.int64)
     deltas = np.diff(morton, prepend=np.int64(0)) if morton.size else morton
     n = morton.shape[0]
     # A coded bit costs at most log2(2^11 / 15) < 8 bits (probabilities stay >= 15 / 2^11), so one
     # byte per binary decision always suffices.
-    decisions = 6 + 2 * pb + 2 * sb + ab + 3 * cb
+    decisions = 6 + 2 * pb + 2 * sb + 2 * ab + 3 * cb
     out = np.zeros(16 + n * decisions, np.uint8)
     used = _encode(
         deltas,
         np.ascontiguousarray(scale, np.int64),
         np.ascontiguousarray(angle, np.int64),
         np.ascontiguousarray(color, np.int64),
-        pb, sb, ab, cb, out,
+        pb, sb, ab, cb, out, logcov,
     )  # fmt: skip
     return out[:used].tobytes()
 
@@ -270,7 +297,7 @@ class RangeError(ValueError):
 
 
 def decode_codes(
-    body: bytes, n: int, bits
+    body: bytes, n: int, bits, logcov: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(morton [n] int64, scale [2, n], angle [n], color [3, n] int32)`` from
     :func:`encode_codes`'s bytes; raises :class:`RangeError` on a body that is not exactly such a
@@ -283,7 +310,7 @@ def decode_codes(
     scale = np.empty((2, n), np.int32)
     angle = np.empty(n, np.int32)
     color = np.empty((3, n), np.int32)
-    used, ok = _decode(buf, n, pb, sb, ab, cb, morton, scale, angle, color)
+    used, ok = _decode(buf, n, pb, sb, ab, cb, morton, scale, angle, color, logcov)
     if not ok:
         raise RangeError(f"a position code exceeds {2 * pb} bits")
     if used != buf.size:
