@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--coder",
         choices=["range", "zstd"],
         default="range",
-        help="lossless stage of the quantised levels (format v2 range coder, or v1 zstd)",
+        help="lossless stage of the quantised levels (format v3 range coder, or v1 zstd)",
     )
     ap.add_argument("--codecs", nargs="+", default=["jpeg", "webp", "avif"])
     ap.add_argument("--bpp", type=float, nargs="+", default=[0.2, 0.3, 0.5, 0.75, 1.0])

@@ -83,7 +83,7 @@ DEFAULT_LEVEL = "medium"
 
 #: The lossless stage :func:`encode` uses for quantised levels when not told (see its ``coder``)
 #: and no :func:`using_coder` block says otherwise. ``"zstd"`` (format version 1's mode 2) keeps
-#: training shards fast to decode (the loader); ``"range"`` (version 2's mode 3) is 12-20%
+#: training shards fast to decode (the loader); ``"range"`` (version 3's mode 4) is 15-25%
 #: smaller: ``.gsv`` files (``gsvision fit``, ``save_splats``) and what the edge client sends.
 DEFAULT_CODER = "zstd"
 _CODER: contextvars.ContextVar[str | None] = contextvars.ContextVar("gsv_coder", default=None)

@@ -1,7 +1,7 @@
 """Compiled (numba) loops of the quantised decoder: codes from a version-1 body, values from codes.
 
 The values a quantised image decodes to are *defined* by :func:`dequantise_into`: the decoders
-(``decode``, ``decode_batch``, mode 2 and mode 3 alike) and the quantiser's own round trip
+(``decode``, ``decode_batch``, modes 2, 3 and 4 alike) and the quantiser's own round trip
 (:func:`gsvision.codec.quant.dequantise`, which the encoder uses for its closed-loop colours) all
 call it, so they agree bit for bit. Every operation is float32 (as numpy's float32 arithmetic,
 without fused multiply-adds); ``exp``/``sin``/``cos``/``sqrt`` are the C library's.

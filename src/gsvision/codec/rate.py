@@ -55,7 +55,7 @@ _BYTES_PER_GAUSSIAN = {
     "xlow": 6.6,
     "xxlow": 6.0,
 }
-# ... and of the quantised levels with the range coder (format version 2; same measurement, N = 1,024)
+# ... and of the quantised levels with the range coder (format version 3; same measurement, N = 1,024)
 _BYTES_PER_GAUSSIAN_RANGE = {
     "high": 8.1,
     "medium": 7.2,

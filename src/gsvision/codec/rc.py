@@ -1,4 +1,4 @@
-"""Adaptive binary range coding of the quantised codes (format version 2, mode 3).
+"""Adaptive binary range coding of the quantised codes (format modes 3 and 4).
 
 An LZMA-style binary range coder: every bit is coded with an adaptive probability (11-bit, moved
 1/16 of the way towards each coded bit), and an integer of ``B`` bits is coded most significant
