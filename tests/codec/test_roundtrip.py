@@ -26,6 +26,7 @@ from gsvision.codec import (
 from gsvision.codec import format as F
 from gsvision.codec.quant import (
     _COLOR_BASIS,
+    colour_gains_of,
     dequantise,
     morton_codes,
     quantise,
@@ -205,11 +206,17 @@ def _check_quantised_image(
     assert float((got["means"] - want["means"]).abs().max()) <= pos_step / 2 + 1e-6
 
     # 3. colours: each coded (orthonormal luma/chroma) channel is within half the shared step, so
-    #    the RGB error vector has length at most sqrt(3)/2 steps (the basis preserves lengths)
+    #    the RGB error vector has length at most sqrt(3)/2 steps (the basis preserves lengths);
+    #    mode 4: the step times each Gaussian's gain, over the range of (t - lo) / gain
     coded = want["colors"].to(torch.float32) @ _COLOR_BASIS.T
-    col_step = float((coded.max(0).values - coded.min(0).values).max()) / levels(spec.color_bits)
+    gain = torch.ones(n)
+    if logcov:
+        gain = colour_gains_of(ranges, codes["scale"][:, 0], spec.scale_bits)
+        assert float(gain.min()) >= 1 - 1e-6  # the largest Gaussians keep the finest step
+    lo = coded.min(0).values
+    col_step = float(((coded - lo) / gain[:, None]).max(0).values.max()) / levels(spec.color_bits)
     err = torch.linalg.vector_norm(got["colors"] - want["colors"], dim=1)
-    assert float(err.max()) <= math.sqrt(3) / 2 * col_step + 1e-5
+    assert (err <= math.sqrt(3) / 2 * col_step * gain + 1e-5).all()
 
     scale = torch.tensor([w, h, h], dtype=torch.float32)
     shape_in = to_shape(want["chol"].to(torch.float32) * scale)

@@ -314,6 +314,7 @@ def _encode_image(
             codes["color"][order].T.numpy(),
             bits,
             logcov,
+            values,
         )
         mode = "quantised-lc" if logcov else "quantised-rc"
         return ImageHeader(h, w, n, mode, 0, bits, values, 0, body)
@@ -516,7 +517,7 @@ def _rc_run(
     for b, im in enumerate(images):
         hi = lo + int(n[b])
         try:
-            m, s, a, c = decode_codes(im.raw, int(n[b]), bits, logcov)
+            m, s, a, c = decode_codes(im.raw, int(n[b]), bits, logcov, im.header.ranges)
         except RangeError as exc:
             errors[b] = str(exc)
         else:

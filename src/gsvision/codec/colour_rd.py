@@ -20,7 +20,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from gsvision.codec.quant import _COLOR_BASIS, QuantSpec, _levels
+from gsvision.codec.quant import _COLOR_BASIS, QuantSpec, _levels, colour_gains_of, quantise
 from gsvision.raster.reference import CUTOFF_Q, CUTOFF_SIGMA
 from gsvision.splats import Splats
 
@@ -87,8 +87,21 @@ def _cg(matvec, rhs: Tensor, x: Tensor, free: Tensor, precond: Tensor, steps: in
     return x
 
 
+def _gains(geometry: Splats, n: int, spec: QuantSpec, logcov: bool) -> Tensor:
+    """Each Gaussian's colour step multiplier as the encoder will compute it (mode 4: from its
+    log size; 1 otherwise), float32."""
+    if not logcov:
+        return torch.ones(n)
+    img = geometry.image(0)
+    size = tuple(int(v) for v in geometry.image_sizes[0])
+    codes, ranges = quantise(img["means"], img["chol"], img["colors"], size, spec, logcov=True)
+    return colour_gains_of(ranges, codes["scale"][:, 0], spec.scale_bits)
+
+
 @torch.no_grad()
-def quantised_colours(geometry: Splats, image: Tensor, spec: QuantSpec, seed: int = 0) -> Splats:
+def quantised_colours(
+    geometry: Splats, image: Tensor, spec: QuantSpec, seed: int = 0, logcov: bool = False
+) -> Splats:
     """One image's splats with colours on ``spec``'s colour grid, chosen for ``image``.
 
     Args:
@@ -96,11 +109,13 @@ def quantised_colours(geometry: Splats, image: Tensor, spec: QuantSpec, seed: in
             are the decoder's (e.g. a decoded payload), fitted at ``image``'s size.
         image: ``[H, W, 3]`` in ``[0, 1]``.
         spec: the bit depths the result will be encoded at.
+        logcov: the grid of format mode 4 (the range coder), whose colour steps scale with each
+            Gaussian's size; ``False``: modes 2 and 3 (one step for all).
 
     Returns:
         the same geometry with new colours: the grid values (``lo + code · step`` per channel of
-        the luma/chroma basis, the widest channel's extremes kept so the encoder's ranges and step
-        reproduce the codes).
+        the luma/chroma basis, times the Gaussian's gain in mode 4; the extremes that set the
+        ranges kept, so the encoder's ranges and step reproduce the codes).
     """
     n = int(geometry.counts[0])
     h, w = (int(v) for v in geometry.image_sizes[0])
@@ -125,31 +140,41 @@ def quantised_colours(geometry: Splats, image: Tensor, spec: QuantSpec, seed: in
     t = _cg(matvec, rhs, start, free, precond, _SOLVE_STEPS)  # least-squares colours
 
     levels = _levels(spec.color_bits)
+    gain32 = _gains(geometry, n, spec, logcov)[:, None]
     t32 = t.float()  # ranges and step as quantise() computes them (float32)
-    lo32, hi32 = t32.amin(0), t32.amax(0)
+    lo32 = t32.amin(0)
+    hi32 = lo32 + ((t32 - lo32) / gain32).amax(0)  # (with gains 1: the channels' maxima)
     step32 = (hi32 - lo32).max() / levels
     if float(step32) <= 0:
         return geometry
-    lo, step = lo32.double(), float(step32)
+    steps32 = step32 * gain32  # each Gaussian's, as the decoder computes them
+    lo, steps = lo32.double(), steps32.double()
     wide = int((hi32 - lo32).argmax())
-    ends = torch.stack([t32[:, wide].argmin(), t32[:, wide].argmax()])
+    # the Gaussians that set the ranges: the widest channel's top (in steps), and its bottom (every
+    # channel's bottom with gains: a channel's origin must stay where the other codes' steps
+    # start, not just on its own grid)
+    lows = [int(t32[:, c].argmin()) for c in (range(3) if logcov else [wide])]
+    top = int(((t32[:, wide] - lo32[wide]) / gain32[:, 0]).argmax())
+    ends = torch.tensor(list(dict.fromkeys([*lows, top])))
     gen = torch.Generator().manual_seed(seed)
-    rest = torch.randperm(n, generator=gen)
-    rest = rest[(rest != ends[0]) & (rest != ends[1])]
+    rest = torch.randperm(n, generator=gen)  # (coarsest or finest steps first: no better)
+    rest = rest[~torch.isin(rest, ends)]
     blocks = [ends, *torch.tensor_split(rest, _BLOCKS)]
     codes = torch.zeros(n, 3, dtype=torch.float64)
     for k, block in enumerate(blocks):
         if block.numel() == 0:
             continue
-        q = torch.round((t[block] - lo) / step).clamp(0, levels)
-        if k == 0:  # the widest channel's extremes: exactly its first and last code
-            q[:, wide] = torch.tensor([0.0, levels])[: block.numel()]
+        q = torch.round((t[block] - lo) / steps[block]).clamp(0, levels)
+        if k == 0:  # the extremes: exactly the first code, and the last of the widest channel
+            for c, g in zip(range(3) if logcov else [wide], lows, strict=True):
+                q[block == g, c] = 0.0
+            q[block == top, wide] = levels
         codes[block] = q
-        t[block] = lo + q * step
+        t[block] = lo + q * steps[block]
         free[block] = False
         if free.any():
             t = _cg(matvec, rhs, t, free, precond, _RESOLVE_STEPS)
-    values = (lo32 + codes.float() * step32) @ _COLOR_BASIS  # what the decoder computes
+    values = (lo32 + codes.float() * steps32) @ _COLOR_BASIS  # what the decoder computes
     colors = geometry.colors.clone()
     colors[0, :n] = values.to(colors)
     return Splats(geometry.means, geometry.chol, colors, geometry.counts, geometry.image_sizes)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gsvision.codec.kernels import dequantise_into
+from gsvision.codec.kernels import colour_gains, dequantise_into
 
 __all__ = [
     "QuantSpec",
@@ -244,7 +244,25 @@ def quantise(
     uv_codes = _uniform_codes(uv, uv_lo, uv_hi, spec.angle_bits)
     codes["scale"] = torch.stack([size_codes, uv_codes[:, 0]], -1)
     codes["angle"] = uv_codes[:, 1]
+    gain = colour_gains_of(ranges, size_codes, spec.scale_bits)[:, None]
+    # colour steps scaled by each Gaussian's gain: the range that sets the step is the widest
+    # channel's of (t − lo) / gain, so every code fits in C bits
+    lo = ranges.color_lo
+    span = ((colors_t - lo) / gain).amax(0) if len(colors_t) else torch.zeros(3)
+    ranges.color_hi = lo + span
+    step = _step(lo, ranges.color_hi, spec.color_bits)
+    scaled = torch.where(step > 0, (colors_t - lo) / torch.where(step > 0, step * gain, 1.0), 0.0)
+    codes["color"] = torch.round(scaled).clamp_(0, _levels(spec.color_bits)).to(torch.int64)
     return codes, ranges
+
+
+def colour_gains_of(ranges: Ranges, size_codes: Tensor, scale_bits: int) -> Tensor:
+    """Mode 4's per-Gaussian colour step multipliers (``kernels.colour_gain``: what the decoder
+    computes), from the log-size codes and the ranges' log-size ends."""
+    flat = np.concatenate([np.asarray(t, np.float32) for t in ranges.tensors()])
+    out = np.empty(len(size_codes), np.float32)
+    colour_gains(flat, np.asarray(size_codes, np.int64), scale_bits, out)
+    return torch.from_numpy(out)
 
 
 def dequantise(

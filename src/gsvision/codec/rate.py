@@ -333,7 +333,10 @@ def _chosen_colours(splats: Splats, image: Tensor, level: str | QuantSpec) -> Sp
     choose = current_coder() == "range" if CHOOSE_COLOURS is None else CHOOSE_COLOURS
     if not choose or not isinstance(spec, QuantSpec):
         return splats
-    return quantised_colours(splats.compact(int(splats.counts[0])), image.to("cpu"), spec)
+    logcov = current_coder() == "range"  # the grid the payload's mode uses
+    return quantised_colours(
+        splats.compact(int(splats.counts[0])), image.to("cpu"), spec, logcov=logcov
+    )
 
 
 def _refining() -> bool:

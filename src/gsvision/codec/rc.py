@@ -23,13 +23,17 @@ Streams, per image, in Morton order (see docs/format.md §7.5):
 Mode 4 (format version 3) codes the shape as its log-covariance codes ``(s, u, v)`` instead of
 ``(M, m, T)`` (see :mod:`gsvision.codec.quant`): ``s`` with one ``S``-bit tree, ``u`` with one
 ``A``-bit tree, ``v`` with one of four ``A``-bit trees chosen by how far ``u`` is from 0 (round
-Gaussians have both near 0).
+Gaussians have both near 0). Its colour steps grow as Gaussians shrink, so each colour code is
+coded relative to the code of its channel's mid-range at that Gaussian's step (modulo ``2^C``),
+with one tree per channel and octave of that step (4 classes).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from gsvision.codec.kernels import colour_gain
 
 __all__ = ["encode_codes", "decode_codes", "RangeError"]
 
@@ -111,7 +115,27 @@ def _aniso(u, ab):
 
 
 @njit(cache=True)
-def _encode(deltas, scale, angle, color, pb, sb, ab, cb, out, lc):
+def _centre(r, size_code, c, sb, cb):
+    # mode 4: the code of channel c's mid-range at this Gaussian's colour step
+    levels = np.float32((1 << cb) - 1)
+    step = max(max(r[11] - r[8], r[12] - r[9]), r[13] - r[10]) / levels
+    step = step * colour_gain(r, size_code, sb)
+    if not step > 0:
+        return 0
+    x = min((r[11 + c] - r[8 + c]) / (np.float32(2.0) * step), levels)
+    return int(x + np.float32(0.5))
+
+
+@njit(cache=True)
+def _colour_tree(r, size_code, c, sb, cb):
+    # mode 4: the tree of channel c for a Gaussian whose colour gain is in octave 0, 1, 2 or 3+
+    g = colour_gain(r, size_code, sb)
+    octave = 0 if g < 2 else (1 if g < 4 else (2 if g < 8 else 3))
+    return (3 * octave + c) * (1 << cb)
+
+
+@njit(cache=True)
+def _encode(deltas, scale, angle, color, pb, sb, ab, cb, out, lc, r):
     n = deltas.shape[0]
     st = np.zeros(4, np.int64)
     st[1] = 0xFFFFFFFF
@@ -143,7 +167,12 @@ def _encode(deltas, scale, angle, color, pb, sb, ab, cb, out, lc):
             e = _elong(mj, mn, sb)
             pos = _enc_tree(st, out, pos, probs, o_ang + e * (1 << ab), ab, angle[i])
         for c in range(3):
-            pos = _enc_tree(st, out, pos, probs, o_col + c * (1 << cb), cb, color[c, i])
+            k = color[c, i]
+            tree = o_col + c * (1 << cb)
+            if lc:
+                k = (k - _centre(r, mj, c, sb, cb)) & ((1 << cb) - 1)
+                tree = o_col + _colour_tree(r, mj, c, sb, cb)
+            pos = _enc_tree(st, out, pos, probs, tree, cb, k)
     for _ in range(5):
         pos = _shift_low(st, out, pos)
     return pos
@@ -169,7 +198,7 @@ def _new_probs(sb, ab, cb):
 
 @njit(cache=True)
 def _nprobs(sb, ab, cb):
-    return _offsets(sb, ab, cb)[7] + 3 * (1 << cb)
+    return _offsets(sb, ab, cb)[7] + 12 * (1 << cb)  # mode 4: 4 trees per channel
 
 
 # ------------------------------------------------------------------------------ decoder
@@ -208,7 +237,7 @@ def _dec_tree(code, rng, k, buf, probs, base, bits):
 
 
 @njit(cache=True)
-def _decode(buf, n, pb, sb, ab, cb, deltas, scale, angle, color, lc):
+def _decode(buf, n, pb, sb, ab, cb, deltas, scale, angle, color, lc, r):
     """Decodes into the arrays; returns ``(bytes consumed, every position code in range)``."""
     code = 0
     for j in range(5):
@@ -257,9 +286,13 @@ def _decode(buf, n, pb, sb, ab, cb, deltas, scale, angle, color, lc):
         scale[1, i] = mn
         angle[i], code, rng, k = _dec_tree(code, rng, k, buf, probs, base, ab)
         for c in range(3):
-            color[c, i], code, rng, k = _dec_tree(
-                code, rng, k, buf, probs, o_col + c * (1 << cb), cb
-            )
+            tree = o_col + c * (1 << cb)
+            if lc:
+                tree = o_col + _colour_tree(r, mj, c, sb, cb)
+            v, code, rng, k = _dec_tree(code, rng, k, buf, probs, tree, cb)
+            if lc:
+                v = (v + _centre(r, mj, c, sb, cb)) & ((1 << cb) - 1)
+            color[c, i] = v
     return k, ok
 
 
@@ -270,10 +303,11 @@ def encode_codes(
     color: np.ndarray,
     bits,
     logcov: bool = False,
+    ranges=None,
 ) -> bytes:
     """Range-code one image's codes (sorted Morton codes ``[n]``, ``scale [2, n]``, ``angle [n]``,
-    ``color [3, n]``) at bit depths ``bits = (P, S, A, C)``; ``logcov``: the shape codes are
-    mode 4's ``(s, u)`` and ``v``."""
+    ``color [3, n]``) at bit depths ``bits = (P, S, A, C)``; ``logcov``: mode 4 (the shape codes
+    are ``(s, u)`` and ``v``; ``ranges``, the header's 14 floats, then set the colour models)."""
     pb, sb, ab, cb = bits
     morton = np.asarray(morton, np.int64)
     deltas = np.diff(morton, prepend=np.int64(0)) if morton.size else morton
@@ -287,7 +321,7 @@ def encode_codes(
         np.ascontiguousarray(scale, np.int64),
         np.ascontiguousarray(angle, np.int64),
         np.ascontiguousarray(color, np.int64),
-        pb, sb, ab, cb, out, logcov,
+        pb, sb, ab, cb, out, logcov, _floats(ranges),
     )  # fmt: skip
     return out[:used].tobytes()
 
@@ -296,12 +330,16 @@ class RangeError(ValueError):
     """A range-coded body is malformed (wrapped into ``CodecError`` by the decoder)."""
 
 
+def _floats(ranges) -> np.ndarray:
+    return np.zeros(14, np.float32) if ranges is None else np.asarray(ranges, np.float32)
+
+
 def decode_codes(
-    body: bytes, n: int, bits, logcov: bool = False
+    body: bytes, n: int, bits, logcov: bool = False, ranges=None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(morton [n] int64, scale [2, n], angle [n], color [3, n] int32)`` from
     :func:`encode_codes`'s bytes; raises :class:`RangeError` on a body that is not exactly such a
-    stream. Allocates 36 bytes per Gaussian, and the models (< 200 kB)."""
+    stream. Allocates 36 bytes per Gaussian, and the models (< 400 kB)."""
     pb, sb, ab, cb = bits
     buf = np.frombuffer(body, np.uint8)
     if buf.size < 5 or buf[0] != 0:
@@ -310,7 +348,7 @@ def decode_codes(
     scale = np.empty((2, n), np.int32)
     angle = np.empty(n, np.int32)
     color = np.empty((3, n), np.int32)
-    used, ok = _decode(buf, n, pb, sb, ab, cb, morton, scale, angle, color, logcov)
+    used, ok = _decode(buf, n, pb, sb, ab, cb, morton, scale, angle, color, logcov, _floats(ranges))
     if not ok:
         raise RangeError(f"a position code exceeds {2 * pb} bits")
     if used != buf.size:
