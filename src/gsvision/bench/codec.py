@@ -365,8 +365,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--levels",
         nargs="+",
-        # the presets, and (10, 5, 6, 7): between xlow and xxlow, on the front at every N to 2,400
-        default=["f16", "high", "medium", "low", "lower", "xlow", "xxlow", "10-5-6-7"],
+        # the presets, and (10, 5, 6, 7) and (11, 5, 6, 7): with the range coder's size-scaled
+        # colour steps, 5-bit log sizes beat 6 (10-5-6-7 is best at N = 1,024)
+        default=["f16", "high", "medium", "low", "lower", "xlow", "xxlow", "10-5-6-7", "11-5-6-7"],
         help="codec levels, or P-S-A-C bit depths for a custom QuantSpec (f16 is the reference)",
     )
     ap.add_argument(

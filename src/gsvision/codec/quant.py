@@ -13,7 +13,9 @@ log size, ``scale_bits``) and ``(u, v) = (log σ_major − log σ_minor)·(cos 2
 anisotropy, ``angle_bits`` each, on a grid symmetric about 0). A round Gaussian then spends no
 bits on an angle it does not have, and orientation is resolved in proportion to elongation,
 which is how much it matters: at equal PSNR the shape costs ~1 bit per Gaussian less (of ~16).
-The codes keep their places: ``scale`` holds ``(s, u)`` codes and ``angle`` the ``v`` code.
+The codes keep their places: ``scale`` holds ``(s, u)`` codes and ``angle`` the ``v`` code. Mode
+4 also scales each Gaussian's colour step by ``exp(0.375 (s_hi − s))`` (``kernels.colour_gain``):
+a colour error costs in proportion to the area it covers, so small Gaussians get coarser steps.
 
 The same functions serve the encoder (codes), the decoder (values from codes) and
 quantisation-aware fine-tuning (:func:`fake_quantise`, differentiable by the straight-through rule),
