@@ -115,11 +115,12 @@ def _aniso(u, ab):
 
 
 @njit(cache=True)
-def _centre(r, size_code, c, sb, cb):
-    # mode 4: the code of channel c's mid-range at this Gaussian's colour step
+def _centre(r, gain, c, cb):
+    # mode 4: the code of channel c's mid-range at a Gaussian's colour step (its gain times the
+    # image's step)
     levels = np.float32((1 << cb) - 1)
     step = max(max(r[11] - r[8], r[12] - r[9]), r[13] - r[10]) / levels
-    step = step * colour_gain(r, size_code, sb)
+    step = step * gain
     if not step > 0:
         return 0
     x = min((r[11 + c] - r[8 + c]) / (np.float32(2.0) * step), levels)
@@ -127,10 +128,9 @@ def _centre(r, size_code, c, sb, cb):
 
 
 @njit(cache=True)
-def _colour_tree(r, size_code, c, sb, cb):
+def _colour_tree(gain, c, cb):
     # mode 4: the tree of channel c for a Gaussian whose colour gain is in octave 0, 1, 2 or 3+
-    g = colour_gain(r, size_code, sb)
-    octave = 0 if g < 2 else (1 if g < 4 else (2 if g < 8 else 3))
+    octave = 0 if gain < 2 else (1 if gain < 4 else (2 if gain < 8 else 3))
     return (3 * octave + c) * (1 << cb)
 
 
@@ -166,12 +166,13 @@ def _encode(deltas, scale, angle, color, pb, sb, ab, cb, out, lc, r):
             pos = _enc_tree(st, out, pos, probs, o_min + (mj >> max(sb - 2, 0)) * (1 << sb), sb, mn)
             e = _elong(mj, mn, sb)
             pos = _enc_tree(st, out, pos, probs, o_ang + e * (1 << ab), ab, angle[i])
+        gain = colour_gain(r, mj, sb) if lc else np.float32(1.0)
         for c in range(3):
             k = color[c, i]
             tree = o_col + c * (1 << cb)
             if lc:
-                k = (k - _centre(r, mj, c, sb, cb)) & ((1 << cb) - 1)
-                tree = o_col + _colour_tree(r, mj, c, sb, cb)
+                k = (k - _centre(r, gain, c, cb)) & ((1 << cb) - 1)
+                tree = o_col + _colour_tree(gain, c, cb)
             pos = _enc_tree(st, out, pos, probs, tree, cb, k)
     for _ in range(5):
         pos = _shift_low(st, out, pos)
@@ -285,13 +286,14 @@ def _decode(buf, n, pb, sb, ab, cb, deltas, scale, angle, color, lc, r):
         scale[0, i] = mj
         scale[1, i] = mn
         angle[i], code, rng, k = _dec_tree(code, rng, k, buf, probs, base, ab)
+        gain = colour_gain(r, mj, sb) if lc else np.float32(1.0)
         for c in range(3):
             tree = o_col + c * (1 << cb)
             if lc:
-                tree = o_col + _colour_tree(r, mj, c, sb, cb)
+                tree = o_col + _colour_tree(gain, c, cb)
             v, code, rng, k = _dec_tree(code, rng, k, buf, probs, tree, cb)
             if lc:
-                v = (v + _centre(r, mj, c, sb, cb)) & ((1 << cb) - 1)
+                v = (v + _centre(r, gain, c, cb)) & ((1 << cb) - 1)
             color[c, i] = v
     return k, ok
 
