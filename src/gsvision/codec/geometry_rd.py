@@ -7,11 +7,12 @@ block of Gaussians at a time — the largest-energy ones first, the ranges' extr
 block so the encoder recomputes the same ranges — and between blocks takes a few Adam steps on the
 positions, shapes and colours of the Gaussians not yet rounded, so they absorb the error of those
 that were. The result lies exactly on the grid, so the ordinary quantised modes write it: the
-format is unchanged. The closed-loop encoder (:mod:`gsvision.codec.rate`) then re-solves and
+format is unchanged. The grid is the mode's: the range coder's log-covariance shapes (mode 4) or
+the polar ones of modes 2 and 3. The closed-loop encoder (:mod:`gsvision.codec.rate`) then re-solves and
 chooses the colours for it (:mod:`gsvision.codec.colour_rd`).
 
 Measured on the six sample photos at 224² (closed loop with and without it, same bytes ±1%,
-``docs/benchmarks.md``): at N = 1,024 +0.10 dB at ``lower`` (11, 6, 7, 8), +0.35 at ``xlow``
+``docs/benchmarks.md``, on mode 3's polar grid): at N = 1,024 +0.10 dB at ``lower`` (11, 6, 7, 8), +0.35 at ``xlow``
 (10, 6, 6, 7), +0.79 at ``xxlow`` (9, 5, 6, 7); at N = 3,136 +1.5, +1.2 and +2.6 dB. The same steps at
 16/12/12/12 bits change nothing: it wins back quantisation error, it does not prolong the fit.
 Cost: ~1 s of CPU per image of 1,024 Gaussians (16 × 20 renders and backward passes, batched).

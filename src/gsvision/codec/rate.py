@@ -57,12 +57,12 @@ _BYTES_PER_GAUSSIAN = {
 }
 # ... and of the quantised levels with the range coder (format version 3; same measurement, N = 1,024)
 _BYTES_PER_GAUSSIAN_RANGE = {
-    "high": 8.1,
-    "medium": 7.2,
-    "low": 6.1,
-    "lower": 6.0,
-    "xlow": 5.25,
-    "xxlow": 4.75,
+    "high": 7.8,
+    "medium": 7.0,
+    "low": 5.75,
+    "lower": 5.9,
+    "xlow": 5.05,
+    "xxlow": 4.65,
 }
 _QUANT_LOSS_DB = {
     "float32": 0.0,
