@@ -28,6 +28,7 @@ def test_bench_codec_quick_writes_its_json_and_figure(tmp_path):
         "xlow",
         "xxlow",
         "10-5-6-7",
+        "11-5-6-7",
     }
     for p in points + [r for rows in data["codecs"].values() for r in rows]:
         assert p["bytes"] > 0 and math.isfinite(p["psnr"]) and -1 <= p["ssim"] <= 1
@@ -36,6 +37,7 @@ def test_bench_codec_quick_writes_its_json_and_figure(tmp_path):
         by_level = {p["level"]: p["bytes"] for p in points if p["n"] == n}
         assert by_level["high"] >= by_level["medium"] >= by_level["low"] >= by_level["xlow"]
         assert by_level["lower"] >= by_level["xlow"] >= by_level["10-5-6-7"] >= by_level["xxlow"]
+        assert by_level["11-5-6-7"] >= by_level["10-5-6-7"]
     assert data["codecs"]["jpeg"], "Pillow always has JPEG"
     for rows in data["codecs"].values():
         nbytes = [r["bytes"] for r in sorted(rows, key=lambda r: r["quality"])]

@@ -55,7 +55,8 @@ _BYTES_PER_GAUSSIAN = {
     "xlow": 6.6,
     "xxlow": 6.0,
 }
-# ... and of the quantised levels with the range coder (format version 3; same measurement, N = 1,024)
+# ... and of the quantised levels with the range coder (format version 3; same measurement,
+# N = 1,024; `lower`'s 7 angle bits code two anisotropy values there, so it costs more than `low`)
 _BYTES_PER_GAUSSIAN_RANGE = {
     "high": 7.8,
     "medium": 7.0,
