@@ -244,3 +244,19 @@ def test_worked_example_of_docs_format_md():
     assert torch.allclose(got.chol[0, 1], torch.tensor([0.125, 0.0, 0.25]), atol=1e-7)
     want = torch.tensor([0.24582525, -0.06234132, 0.12712283])
     assert torch.allclose(got.chol[0, 0], want, rtol=1e-6)
+
+
+def test_mode_4_sizes_whose_colour_gain_overflows_are_refused():
+    """A log-size range of ±10⁶ (within the header limits) makes the sizes and the colour gain of
+    the smaller Gaussians overflow or underflow float32 (the range decoder's colour contexts
+    included): the decoder refuses the image, naming it, and nothing crashes."""
+    ranges = (0.0, 0.0, 1.0, 1.0, -1e6, -1.0, 1e6, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
+    bits = (4, 4, 4, 4)
+    morton, scale, angle, color = codes(3, bits, seed=2, logcov=True)
+    scale[0] = [0, 15, 7]  # the smallest size possible, the largest, one between
+    body = encode_codes(morton, scale, angle, color, bits, True, ranges)
+    header = C.image_header(
+        n=3, mode=C.MODE_QUANTISED_LC, bits=bits, ranges=ranges, height=16, width=16
+    )
+    payload = C.build([(header, body)], version=3)
+    fails(payload, "image 0: NaN or infinite values after decoding")
