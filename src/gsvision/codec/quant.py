@@ -226,15 +226,13 @@ def quantise(
     shape = to_shape(chol_px)
     colors_t = colors @ _COLOR_BASIS.T
     ranges = Ranges.from_values(means, shape[:, :2], colors_t)
-    codes = {
-        "pos": _uniform_codes(means, ranges.pos_lo, ranges.pos_hi, spec.pos_bits),
-        "color": _uniform_codes(colors_t, ranges.color_lo, ranges.color_hi, spec.color_bits),
-    }
+    codes = {"pos": _uniform_codes(means, ranges.pos_lo, ranges.pos_hi, spec.pos_bits)}
     if not logcov:
         codes["scale"] = _uniform_codes(
             shape[:, :2], ranges.scale_lo, ranges.scale_hi, spec.scale_bits
         )
         codes["angle"] = _angle_codes(shape[:, 2], spec.angle_bits)
+        codes["color"] = _uniform_codes(colors_t, ranges.color_lo, ranges.color_hi, spec.color_bits)
         return codes, ranges
     suv = to_logcov(shape)
     s, uv = suv[:, :1], suv[:, 1:]
