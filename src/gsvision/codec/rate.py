@@ -334,10 +334,15 @@ def _chosen_colours(splats: Splats, image: Tensor, level: str | QuantSpec) -> Sp
     choose = current_coder() == "range" if CHOOSE_COLOURS is None else CHOOSE_COLOURS
     if not choose or not isinstance(spec, QuantSpec):
         return splats
-    logcov = current_coder() == "range"  # the grid the payload's mode uses
     return quantised_colours(
-        splats.compact(int(splats.counts[0])), image.to("cpu"), spec, logcov=logcov
+        splats.compact(int(splats.counts[0])), image.to("cpu"), spec, logcov=_logcov_grid()
     )
+
+
+def _logcov_grid() -> bool:
+    """Whether :func:`encode` here writes mode 4 (the range coder), whose grid has log-covariance
+    shapes and size-scaled colour steps: the grid the closed loop chooses codes on."""
+    return current_coder() == "range"
 
 
 def _refining() -> bool:
@@ -358,8 +363,7 @@ def _refined(
         cap = max(items[i].capacity for i in idx)
         batch = _on(Splats.cat([items[i].fold_opacity().compact(cap) for i in idx]), device)
         target = _on(torch.stack([images[i] for i in idx]), device)
-        logcov = current_coder() == "range"  # the grid the payload's mode uses
-        done = refined_geometry(batch, target.to(batch.means.device), spec, logcov=logcov)
+        done = refined_geometry(batch, target.to(batch.means.device), spec, logcov=_logcov_grid())
         done = done.to("cpu")
         for j, i in enumerate(idx):
             out[i] = done[j].compact(int(items[i].counts[0]))
