@@ -149,7 +149,7 @@ def encode(
         raise ValueError(f'encode: coder must be "range" or "zstd", got {coder!r}')
     splats = splats.detach().to("cpu").validate()
     how = resolve_level(level)
-    version = 3 if coder == "range" else 1
+    version = _version(coder)
     records = [_encode_image(splats[b], how, version) for b in range(splats.batch_size)]
     try:
         return pack(records, metadata)
@@ -164,11 +164,17 @@ def quantised(
     costly lossless stage where it can: the closed-loop encoder's view of the decoded geometry."""
     splats = splats.detach().to("cpu").validate()
     how = resolve_level(level)
-    version = 3 if (coder or current_coder()) == "range" else 1
+    version = _version(coder or current_coder())
     records = [
         _encode_image(splats[b], how, version, zstd_level=1) for b in range(splats.batch_size)
     ]
     return decode(pack(records))
+
+
+def _version(coder: str) -> int:
+    """The format version a coder's quantised images need: 3 (mode 4) for the range coder, else 1
+    (mode 2; float levels are written as version 1 whatever this says)."""
+    return 3 if coder == "range" else 1
 
 
 def encoded_sizes(payload: bytes) -> list[int]:
