@@ -93,6 +93,7 @@ def test_chosen_codes_beat_rounding_the_least_squares_colours(fitted, coder, log
 def test_closed_loop_chooses_codes_with_the_range_coder(fitted, monkeypatch):
     splats, image = fitted
     monkeypatch.setattr(rate_mod, "REFINE_GEOMETRY", False)  # its own switch: test_geometry_rd.py
+    monkeypatch.setattr(rate_mod, "PRUNE", False)  # ... and test_prune_rd.py
 
     def closed(coder: str) -> bytes:
         with using_coder(coder):

@@ -79,6 +79,7 @@ def test_one_round_is_plain_rounding(fitted, coder, logcov):
 def test_refining_beats_rounding_in_the_closed_loop(fitted, monkeypatch):
     splats, images = fitted
     items, targets = [splats[b] for b in range(2)], [images[b] for b in range(2)]
+    monkeypatch.setattr(rate_mod, "PRUNE", False)  # its own switch: test_prune_rd.py
 
     def closed(refine: bool) -> list[Splats]:
         monkeypatch.setattr(rate_mod, "REFINE_GEOMETRY", refine)

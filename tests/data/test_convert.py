@@ -118,7 +118,9 @@ def test_shards_use_the_fast_coder_unless_asked(tmp_path):
         convert(pattern, out, ConvertConfig(**{**TINY.__dict__, "coder": coder}))
         payloads = [s.files["gsv"] for s in iter_samples(str(out / "00000.tar"))]
         assert len(payloads) == 2 and all(p[4] == version for p in payloads)
-        assert all(int(decode(p).counts[0]) == 16 for p in payloads)
+        counts = [int(decode(p).counts[0]) for p in payloads]
+        # the range coder's closed loop drops the Gaussians not worth their bytes
+        assert counts == [16, 16] if coder == "zstd" else all(1 <= c <= 16 for c in counts)
     with pytest.raises(ValueError, match="coder must be"):
         convert(pattern, tmp_path / "bad", ConvertConfig(**{**TINY.__dict__, "coder": "lzma"}))
     # the default coder leaves a job's identity as it was before the setting existed

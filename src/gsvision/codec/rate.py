@@ -25,6 +25,7 @@ from torch import Tensor
 from gsvision.codec import current_coder, decode, encode, quantised
 from gsvision.codec.colour_rd import quantised_colours
 from gsvision.codec.geometry_rd import refined_geometry
+from gsvision.codec.prune_rd import rd_pruned
 from gsvision.codec.quant import QuantSpec, resolve_level
 from gsvision.fit import fit, refit_colors
 from gsvision.fit.prune import luminance_score
@@ -85,6 +86,11 @@ CHOOSE_COLOURS: bool | None = None
 #: +0.79 at ``xxlow`` at N = 1,024). ``None``: as :data:`CHOOSE_COLOURS`; it costs 300 renders
 #: and backward passes per batch of images (~1 s of CPU per image of 1,024 Gaussians).
 REFINE_GEOMETRY: bool | None = None
+#: Whether the closed loop first drops the Gaussians whose removal costs less squared error than
+#: their share of the payload is worth (codec/prune_rd.py: 2-6% of them, worth 2.5-3.5% of the
+#: bytes at N = 96-1,024). ``None``: as :data:`CHOOSE_COLOURS`; it costs one sparse footprint
+#: matrix per image (~0.1 s of CPU at N = 1,024).
+PRUNE: bool | None = None
 _OVERHEAD = 110  # file header, image header, zstd frame header, checksum
 _LADDER_START = 128
 _DB_PER_DOUBLING = 3.0  # PSNR gained per doubling of N, measured 3-4 dB (docs/benchmarks.md)
@@ -209,6 +215,8 @@ def encode_closed_loop(
     """
     if isinstance(resolve_level(level), str):  # float levels: nothing to win back
         return trim_to_bytes(splats, budget, level)[1] if budget else encode(splats, level)
+    if _pruning():
+        splats = _pruned([splats], [image])[0]
     slack = 0
     while True:
         if budget is not None:
@@ -256,7 +264,9 @@ def _closed_loop_batch(
     plain payload is only entropy-coded where it is kept (or needed to meet a budget)."""
     budgets = list(budgets) if budgets is not None else [None] * len(items)
     plain: list[bytes | None] = [None] * len(items)
-    items = list(items)
+    items = given = list(items)
+    if isinstance(resolve_level(level), QuantSpec) and _pruning():
+        items = _pruned(items, images, device)
     for i, b in enumerate(budgets):
         if b:
             items[i], plain[i] = trim_to_bytes(items[i], b, level)
@@ -275,7 +285,7 @@ def _closed_loop_batch(
             refit[i] = encode(_chosen_colours(solved[j], images[i], level), level)
     slow = {i for i, b in enumerate(budgets) if b is not None and len(refit[i]) > b}
     for i in sorted(slow):  # colours needed more room than the budget left: one by one
-        refit[i] = encode_closed_loop(items[i], images[i], level, budgets[i])
+        refit[i] = encode_closed_loop(given[i], images[i], level, budgets[i])  # prunes it too
     shown_plain, error_plain = _renders(rounded, images, device)
     decoded = [decode(p) for p in refit]
     shown, error = _renders(decoded, images, device)
@@ -348,6 +358,25 @@ def _logcov_grid() -> bool:
 def _refining() -> bool:
     """Whether the closed loop refines the geometry as it rounds it (:data:`REFINE_GEOMETRY`)."""
     return current_coder() == "range" if REFINE_GEOMETRY is None else REFINE_GEOMETRY
+
+
+def _pruning() -> bool:
+    """Whether the closed loop drops the Gaussians not worth their bytes (:data:`PRUNE`)."""
+    return current_coder() == "range" if PRUNE is None else PRUNE
+
+
+def _pruned(items: Sequence[Splats], images: Sequence[Tensor], device=None) -> list[Splats]:
+    """Each single-image ``items[i]`` without the Gaussians
+    :func:`~gsvision.codec.prune_rd.rd_pruned` finds not worth their bytes for ``images[i]``
+    (one batch per image size), on the items' devices."""
+    out = list(items)
+    for idx in _by_size(images).values():
+        cap = max(items[i].capacity for i in idx)
+        batch = _on(Splats.cat([items[i].compact(cap) for i in idx]), device)
+        kept = rd_pruned(batch, torch.stack([images[i] for i in idx]).to(batch.device))[0]
+        for j, i in enumerate(idx):
+            out[i] = kept[j].compact(int(kept.counts[j])).to(items[i].device)
+    return out
 
 
 def _refined(

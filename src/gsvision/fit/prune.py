@@ -17,7 +17,7 @@ from torch import Tensor
 
 from gsvision.splats import Splats
 
-__all__ = ["SCORES", "LUMA", "luminance_score", "prune", "l1_penalty"]
+__all__ = ["SCORES", "LUMA", "luminance_score", "prune", "keep_only", "l1_penalty"]
 
 #: Rec. 709 luma weights, as in the paper.
 LUMA = (0.2126, 0.7152, 0.0722)
@@ -59,20 +59,25 @@ def prune(splats: Splats, tau: float, score: str = "luminance") -> tuple[Splats,
         ``(pruned splats with the same capacity and updated counts, [B] number removed per image)``.
     """
     s = luminance_score(splats, score)
-    keep = (s >= tau) & splats.mask  # [B, N]
+    out = keep_only(splats, s >= tau)
+    return out, splats.counts - out.counts
+
+
+def keep_only(splats: Splats, keep: Tensor) -> Splats:
+    """The batch with only the valid Gaussians ``keep`` (``[B, N]`` bool) marks, moved to the
+    front of each image's slots in their original order (same capacity, updated counts)."""
+    keep = keep & splats.mask
     # Stable sort puts kept slots first, in their original order.
     order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices  # [B, N]
 
     def gather(t: Tensor) -> Tensor:
         return torch.gather(t, 1, order[..., None].expand_as(t))
 
-    counts = keep.sum(1)
-    out = Splats(
+    return Splats(
         gather(splats.means),
         gather(splats.chol),
         gather(splats.colors),
-        counts,
+        keep.sum(1),
         splats.image_sizes,
         None if splats.opacities is None else gather(splats.opacities),
     ).compact(splats.capacity)
-    return out, splats.counts - counts
