@@ -123,6 +123,15 @@ def random_splats(
 
 
 # ------------------------------------------------------------------------------ payload surgery
+def smooth_image(seed: int, size: int = 40) -> np.ndarray:
+    """A smooth uint8 test image with a little noise (for fitting a few dozen Gaussians)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    rgb = np.stack([np.sin(5 * x + seed), np.cos(4 * y), np.sin(3 * (x + y))], -1) * 0.4 + 0.5
+    rgb = rgb + 0.05 * rng.standard_normal(rgb.shape)
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
 def with_crc(data: bytes) -> bytes:
     """``data`` followed by its CRC-32, i.e. a payload whose checksum passes."""
     return data + CRC.pack(zlib.crc32(data))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from codec_cases import smooth_image
 
 from gsvision.codec import decode, quantised, using_coder
 from gsvision.codec import rate as rate_mod
@@ -18,17 +19,9 @@ from gsvision.splats import Splats
 SPEC = QuantSpec(7, 4, 4, 7)  # coarse geometry: rounding errors large enough to matter
 
 
-def _image(seed: int, size: int = 40) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    rgb = np.stack([np.sin(5 * x + seed), np.cos(4 * y), np.sin(3 * (x + y))], -1) * 0.4 + 0.5
-    rgb = rgb + 0.05 * rng.standard_normal(rgb.shape)
-    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def fitted():
-    result = fit([_image(1), _image(2)], 80, iters=60)
+    result = fit([smooth_image(1), smooth_image(2)], 80, iters=60)
     return result.splats.fold_opacity(), result.targets
 
 

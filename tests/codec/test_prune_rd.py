@@ -3,9 +3,9 @@ every image keeps, and the closed loop that uses it."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from codec_cases import smooth_image
 
 from gsvision.codec import decode, using_coder
 from gsvision.codec import rate as rate_mod
@@ -114,16 +114,8 @@ def test_bad_arguments_are_named():
             rd_pruned(splats, images, bad)
 
 
-def _image(seed: int, size: int = 40) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    rgb = np.stack([np.sin(5 * x + seed), np.cos(4 * y), np.sin(3 * (x + y))], -1) * 0.4 + 0.5
-    rgb = rgb + 0.05 * rng.standard_normal(rgb.shape)
-    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
-
-
 def test_the_closed_loop_prunes_with_the_range_coder(monkeypatch):
-    result = fit([_image(1), _image(2)], 120, iters=60)
+    result = fit([smooth_image(1), smooth_image(2)], 120, iters=60)
     items, targets = [result.splats[b] for b in range(2)], [result.targets[b] for b in range(2)]
     spec = QuantSpec(9, 5, 5, 7)
     expected = rd_pruned(result.splats, result.targets)[0].counts.tolist()

@@ -1,18 +1,21 @@
 """Gaussians not worth their bytes, dropped before coding (encoder only; any reader decodes the rest).
 
 A fit spends its Gaussians where the fitting loss pointed, not where the payload's bytes buy the
-most: at N = 1,024 a few percent of them change the image by less than their share of the
-payload is worth. Each Gaussian costs about ``1/N`` of the payload, and along the codec's
-rate–distortion front 1% more bytes buys about 1% less squared error (0.045 dB; ``gsvision bench
+most: a few percent of them change the image by much less than their share of the payload is
+worth. Each Gaussian costs about ``1/N`` of the payload, and along the codec's rate–distortion
+front 1% more bytes buys about 1% less squared error (0.045 dB at N = 1,024; ``gsvision bench
 codec``), so a Gaussian whose removal raises the image's summed squared error ``E`` by less than
-``κ · E / N`` is worth less than it costs. :func:`rd_pruned` drops those, with the exact change
-of the linear render's error for each (each Gaussian judged with all the others present); the
-closed-loop encoder (:mod:`gsvision.codec.rate`) then refines the geometry and re-solves the
-colours of the rest, which absorb part of what was removed, hence ``κ`` above 1.
+``E / N`` is worth less than it costs. :func:`rd_pruned` drops those below ``κ · E / N``, with the
+exact change of the linear render's error for each (each judged with all the others present);
+the closed-loop encoder (:mod:`gsvision.codec.rate`) then refines the geometry and re-solves the
+colours of the rest, which absorb part of what was removed.
 
-Measured on the six sample photos at 224² (current fits, closed loop at 10-5-6-7, same bytes-
-equivalent slope as above; ``docs/benchmarks.md``): κ = 1.5 drops 2–6% of the Gaussians and is
-worth 2.5–3.5% of the bytes at N = 96–1,024.
+``κ = 0.5`` keeps well below that break-even: it drops only Gaussians worth less than half their
+bytes, so a level's PSNR at a given N hardly moves and the savings are nearly free. Measured on
+the six sample photos at 224² (``gsvision bench codec``, ``docs/benchmarks.md``): at N = 96 every
+level −3.0 to −3.3% bytes for −0.02 to −0.03 dB; at N = 1,024 −0.7 to −1.4% for −0.015 to
++0.03 dB. ``κ = 1.5`` saves about twice the bytes at N = 1,024 for the same PSNR there, but
+costs 0.12–0.16 dB at N = 96–160: no level then reaches the float16 fit's quality at small N.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from gsvision.splats import Splats
 
 __all__ = ["KAPPA", "removal_costs", "rd_pruned"]
 
-KAPPA = 1.5  # drop a Gaussian whose removal costs less than KAPPA · E / N of squared error
+KAPPA = 0.5  # drop a Gaussian whose removal costs less than KAPPA · E / N of squared error
 
 
 def removal_costs(splats: Splats, images: Tensor) -> tuple[Tensor, Tensor]:
