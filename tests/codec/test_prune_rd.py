@@ -112,6 +112,10 @@ def test_bad_arguments_are_named():
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="kappa"):
             rd_pruned(splats, images, bad)
+    broken = splats.clone()
+    broken.colors[1, 3, 0] = float("nan")  # refused, not silently dropped
+    with pytest.raises(ValueError, match="finite|NaN|nan"):
+        rd_pruned(broken, images)
 
 
 def test_the_closed_loop_prunes_with_the_range_coder(monkeypatch):

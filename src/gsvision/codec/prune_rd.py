@@ -45,8 +45,10 @@ def removal_costs(splats: Splats, images: Tensor) -> tuple[Tensor, Tensor]:
         Gaussian's footprint and ``r`` the residual.
 
     Raises:
-        ValueError: if ``images`` is not ``[B, H, W, 3]`` at the size every image was fitted at.
+        ValueError: if ``images`` is not ``[B, H, W, 3]`` at the size every image was fitted at,
+            or the splats are invalid (NaNs, wrong shapes: :meth:`Splats.validate`).
     """
+    splats.validate()
     if images.dim() != 4 or images.shape[0] != splats.batch_size or images.shape[3] != 3:
         raise ValueError(
             f"removal_costs: images must be [{splats.batch_size}, H, W, 3], got {tuple(images.shape)}"
