@@ -17,9 +17,10 @@ The codes keep their places: ``scale`` holds ``(s, u)`` codes and ``angle`` the 
 4 also scales each Gaussian's colour step by ``exp(0.375 (s_hi − s))`` (``kernels.colour_gain``):
 a colour error costs in proportion to the area it covers, so small Gaussians get coarser steps.
 
-The same functions serve the encoder (codes), the decoder (values from codes) and
-quantisation-aware fine-tuning (:func:`fake_quantise`, differentiable by the straight-through rule),
-so what the fitter optimises is exactly what the decoder reproduces.
+The same functions serve the encoder (codes) and the decoder (values from codes); the closed-loop
+encoder's choices (``geometry_rd``, ``colour_rd``) work on exactly this grid. (Straight-through
+quantisation-aware fine-tuning in the fitter was measured and lost PSNR in every trial,
+``docs/benchmarks.md``; the refinement that rounds block by block replaced it.)
 """
 
 from __future__ import annotations
