@@ -9,7 +9,7 @@ import torch
 
 from gsvision.codec import decode, encode, using_coder
 from gsvision.codec import rate as rate_mod
-from gsvision.codec.colour_rd import _weights, quantised_colours
+from gsvision.codec.colour_rd import footprints, quantised_colours
 from gsvision.codec.quant import QuantSpec, quantise
 from gsvision.fit import fit, refit_colors
 from gsvision.raster import render
@@ -42,7 +42,9 @@ def test_weights_are_the_reference_rasteriser_s():
         torch.ones(1, 3, 3),
         (24, 32),
     )
-    wm, diag = _weights(s.pixel_means(24, 32)[0].double(), s.pixel_chol(24, 32)[0].double(), 24, 32)
+    wm, diag = footprints(
+        s.pixel_means(24, 32)[0].double(), s.pixel_chol(24, 32)[0].double(), 24, 32
+    )
     for i in range(3):
         one = Splats.create(
             s.means[:, i : i + 1], s.chol[:, i : i + 1], torch.ones(1, 1, 3), (24, 32)

@@ -26,7 +26,7 @@ from gsvision.codec.quant import _COLOR_BASIS, QuantSpec, _levels, colour_gains_
 from gsvision.raster.reference import CUTOFF_Q, CUTOFF_SIGMA
 from gsvision.splats import Splats
 
-__all__ = ["quantised_colours"]
+__all__ = ["quantised_colours", "footprints"]
 
 _BLOCKS = 16  # rounding rounds; more is closer to GPTQ's one Gaussian at a time, and slower
 _SOLVE_STEPS = 40  # conjugate-gradient steps of the first least-squares solve
@@ -34,7 +34,7 @@ _RESOLVE_STEPS = 12  # ... of each re-solve after a block is rounded (warm-start
 _CHUNK_ELEMENTS = 1 << 22  # window pixels evaluated at once while building the weights
 
 
-def _weights(means_px: Tensor, chol_px: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
+def footprints(means_px: Tensor, chol_px: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
     """The rasteriser's weight matrix ``W`` (``[n, h·w]``, sparse CSR, float64): each Gaussian's
     ``exp(−q/2)`` inside its 3σ ellipse, evaluated on its bounding box only; and ``diag(W Wᵀ)``."""
     n = means_px.shape[0]
@@ -126,7 +126,7 @@ def quantised_colours(
     basis = _COLOR_BASIS.double()
     means_px = geometry.pixel_means(h, w)[0, :n].double().cpu()
     chol_px = geometry.pixel_chol(h, w)[0, :n].double().cpu()
-    wm, diag = _weights(means_px, chol_px, h, w)
+    wm, diag = footprints(means_px, chol_px, h, w)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         gram = (wm @ wm.t().to_sparse_csr()).to_sparse_csr()  # [n, n], sparse

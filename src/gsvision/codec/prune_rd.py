@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gsvision.codec.colour_rd import _weights
+from gsvision.codec.colour_rd import footprints
 from gsvision.fit.prune import keep_only
 from gsvision.splats import Splats
 
@@ -71,7 +71,7 @@ def removal_costs(splats: Splats, images: Tensor) -> tuple[Tensor, Tensor]:
         if n == 0:
             errors[b] = (target**2).sum()
             continue
-        wm, diag = _weights(means_px[b, :n], chol_px[b, :n], h, w)
+        wm, diag = footprints(means_px[b, :n], chol_px[b, :n], h, w)
         c = colors[b, :n]
         residual = torch.mm(wm.t(), c) - target  # the linear render's error, [h·w, 3]
         errors[b] = (residual**2).sum()
