@@ -55,7 +55,7 @@ def test_fit_skips_the_corrupt_file_and_writes_the_rest(fitted, capsys):
         assert img["bytes"] == (out / f"{img['name']}.gsv").stat().st_size
         assert img["level"] == "medium" and img["ratio"] == pytest.approx(3072 / img["bytes"])
 
-    assert (out / "b.gsv").read_bytes()[4] == 3  # files: format version 3, the range coder
+    assert (out / "b.gsv").read_bytes()[4] == 4  # files: the range coder, compact headers
     splats, _ = load_splats(out / "b.gsv")
     assert splats.batch_size == 1 and int(splats.counts[0]) == 16
     assert splats.image_sizes.tolist() == [[32, 32]]

@@ -312,7 +312,7 @@ def _fit_group(images: list, settings: dict[str, Any], progress: bool) -> list[t
     n = kwargs.pop("n_gaussians")
     from gsvision.codec import using_coder
 
-    with using_coder("range"):  # files: the smaller coder (format version 3)
+    with using_coder("range"):  # files: the smaller coder (format version 4)
         coded = fit_and_encode(images, target, settings["level"], n, progress=progress, **kwargs)
     return [(c.splats, c.target, c.metrics, c.payload) for c in coded]
 

@@ -40,7 +40,10 @@ from gsvision.splats import Splats, chol_from_axes
 
 # ------------------------------------------------------------------------------ the layout (spec)
 MAGIC = b"\x89GSV"
-VERSION = 3  # the current version; versions 1 (modes 0-2) and 2 (mode 3) stay readable
+VERSION = 3  # the 80-byte-header layout (versions 1-3), what build() writes unless told
+COMPACT = 4  # version 4: compact headers, mode 4 only (build(..., version=COMPACT) writes it)
+HALVES = struct.Struct("<13e")  # version 4's ranges: the 14 less uv_lo (range5), float16
+COMPACT_RANGES = (0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13)
 FILE = struct.Struct("<4sBBHI")  # magic, version, flags, count, metadata_len
 IMAGE = struct.Struct("<HHIBBBBBBH14fII")  # see IMAGE_FIELDS
 CRC = struct.Struct("<I")
@@ -170,12 +173,18 @@ def build(
     """
     count = len(images) if count is None else count
     meta_len = len(metadata) if meta_len is None else meta_len
-    parts = [FILE.pack(magic, version, flags, count, meta_len), metadata]
+    if version == COMPACT:
+        parts = [magic, bytes([version, flags]), varints([count, meta_len]), metadata]
+    else:
+        parts = [FILE.pack(magic, version, flags, count, meta_len), metadata]
     for header, body in images:
         header = dict(header)
         if not header["coded_len"]:
             header["coded_len"] = len(body)
-        parts.append(IMAGE.pack(*(header[k] for k in IMAGE_FIELDS)))
+        if version == COMPACT:
+            parts.append(compact_header(header))
+        else:
+            parts.append(IMAGE.pack(*(header[k] for k in IMAGE_FIELDS)))
         parts.append(body)
     data = b"".join(parts)
     return with_crc(data) if crc else data
@@ -189,16 +198,74 @@ def one_image(raw: bytes | None = None, body: bytes | None = None, **fields: obj
     return build([(image_header(**fields), compress(raw) if body is None else body)])
 
 
+def uv_lo_of(uv_hi: float, angle_bits: int) -> float:
+    """Version 4's derived ``uv_lo`` (the spec's rule, written out again): ``−K · (R / (K − 1))``,
+    ``K = 2^(A−1)``, in float32; ``−R`` when ``A = 1``; 0 unless ``R > 0``."""
+    reach = np.float32(uv_hi)
+    if not reach > 0:
+        return 0.0
+    if angle_bits < 2:
+        return float(-reach)
+    k = np.float32(2 ** (angle_bits - 1))
+    with np.errstate(all="ignore"):
+        return float(np.float32(-k * (reach / (k - np.float32(1)))))
+
+
+def compact_header(header: dict[str, object]) -> bytes:
+    """A version-4 image header from a header dict (bit depths kept to their low 4 bits after
+    the −1, ranges rounded to float16, ``range5`` (uv_lo) dropped; no checks)."""
+    pb, sb, ab, cb = ((int(header[k]) - 1) & 15 for k in IMAGE_FIELDS[5:9])  # type: ignore[call-overload]
+    with np.errstate(over="ignore"):
+        halves = np.array([header[f"range{j}"] for j in COMPACT_RANGES], "<f4").astype("<f2")
+    sizes = varints([int(header[k]) for k in ("height", "width", "n")])  # type: ignore[call-overload]
+    return (
+        sizes
+        + bytes([int(header["mode"]) & 255, pb << 4 | sb, ab << 4 | cb])  # type: ignore[call-overload]
+        + halves.tobytes()
+        + varints([int(header["coded_len"])])  # type: ignore[call-overload]
+    )
+
+
+def _varint_at(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value, pos, shift = value | (byte & 0x7F) << shift, pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _split_compact(payload: bytes, pos: int) -> tuple[dict[str, object], int]:
+    sizes = {}
+    for name in ("height", "width", "n"):
+        sizes[name], pos = _varint_at(payload, pos)
+    mode, bits_a, bits_b = payload[pos : pos + 3]
+    ranges = [float(v) for v in np.frombuffer(payload, "<f2", 13, pos + 3).astype(np.float32)]
+    ranges.insert(5, uv_lo_of(ranges[6], (bits_b >> 4) + 1))
+    coded_len, pos = _varint_at(payload, pos + 3 + HALVES.size)
+    bits = ((bits_a >> 4) + 1, (bits_a & 15) + 1, (bits_b >> 4) + 1, (bits_b & 15) + 1)
+    header = image_header(mode=mode, bits=bits, ranges=ranges, coded_len=coded_len, **sizes)
+    return header, pos
+
+
 def split(payload: bytes) -> tuple[tuple, bytes, list[tuple[dict[str, object], bytes]]]:
-    """Parse a *well-formed* payload into ``(file fields, metadata, [(header dict, body)])``."""
-    head = FILE.unpack_from(payload, 0)
-    pos = FILE.size
+    """Parse a *well-formed* payload into ``(file fields, metadata, [(header dict, body)])``
+    (either layout; version 4's headers as the 80-byte header's fields)."""
+    if payload[4] == COMPACT:
+        count, pos = _varint_at(payload, 6)
+        meta_len, pos = _varint_at(payload, pos)
+        head = (payload[:4], payload[4], payload[5], count, meta_len)
+    else:
+        head, pos = FILE.unpack_from(payload, 0), FILE.size
     meta = payload[pos : pos + head[4]]
     pos += head[4]
     images = []
     for _ in range(head[3]):
-        header = dict(zip(IMAGE_FIELDS, IMAGE.unpack_from(payload, pos), strict=True))
-        pos += IMAGE.size
+        if head[1] == COMPACT:
+            header, pos = _split_compact(payload, pos)
+        else:
+            header = dict(zip(IMAGE_FIELDS, IMAGE.unpack_from(payload, pos), strict=True))
+            pos += IMAGE.size
         images.append((header, payload[pos : pos + header["coded_len"]]))
         pos += header["coded_len"]
     assert pos == len(payload) - CRC.size
@@ -324,7 +391,11 @@ def _mutate(draw: st.DrawFn, data: bytes) -> bytes:
 def _behind_a_file_header(draw: st.DrawFn) -> bytes:
     """A plausible file header (small count and metadata length), random bytes, a valid CRC."""
     meta_len = draw(_mostly(st.just(0), st.integers(0, 8)))
-    head = FILE.pack(MAGIC, VERSION, 0, draw(st.integers(1, 3)), meta_len)
+    count = draw(st.integers(1, 3))
+    if draw(st.booleans()):
+        head = MAGIC + bytes([COMPACT, 0]) + varints([count, meta_len])
+    else:
+        head = FILE.pack(MAGIC, VERSION, 0, count, meta_len)
     return with_crc(head + draw(st.binary(max_size=400)))
 
 
@@ -332,7 +403,9 @@ def random_bytes() -> st.SearchStrategy[bytes]:
     """Arbitrary bytes; arbitrary bytes behind a valid magic and version, or a whole plausible
     file header, with a valid checksum (so the parser reads on)."""
     plain = st.binary(max_size=400)
-    deep = st.binary(max_size=400).map(lambda b: with_crc(MAGIC + bytes([VERSION]) + b))
+    deep = st.tuples(st.sampled_from([VERSION, COMPACT]), st.binary(max_size=400)).map(
+        lambda vb: with_crc(MAGIC + bytes([vb[0]]) + vb[1])
+    )
     return st.one_of(plain, deep, _behind_a_file_header())
 
 
@@ -459,7 +532,8 @@ def header_payloads(draw: st.DrawFn) -> bytes:
         )
         images.append((header, body))
     meta = draw(_mostly(st.sampled_from([b"", b'{"a": 1}']), st.binary(max_size=32)))
-    return build(images, meta)
+    compact = all(h["mode"] == MODE_QUANTISED_LC for h, _ in images) and draw(st.booleans())
+    return build(images, meta, version=COMPACT if compact else VERSION)
 
 
 def hostile_payloads() -> st.SearchStrategy[bytes]:

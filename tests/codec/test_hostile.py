@@ -64,7 +64,7 @@ def test_too_short_for_a_magic(data):
     fails(data, "too short")
 
 
-@pytest.mark.parametrize("version", [0, 4, 255])
+@pytest.mark.parametrize("version", [0, 5, 255])
 def test_unknown_version(valid, version):
     data = bytearray(valid[:-4])
     data[4] = version
@@ -209,6 +209,89 @@ def test_every_image_header_is_checked(valid):
     images = C.split(valid)[2]
     images[1] = ({**images[1][0], "mode": 9}, images[1][1])
     fails(C.rebuild(valid, images), "image 1: unknown coding mode 9")
+
+
+# ------------------------------------------------------------------------------ version 4
+def test_valid_is_a_compact_payload(valid):
+    assert valid[4] == C.COMPACT
+    head, meta, images = C.split(valid)
+    assert C.build(images, meta, version=C.COMPACT) == valid  # the spec, written out again
+
+
+@pytest.mark.parametrize(
+    "field, value, phrase",
+    [
+        ("flags", 1, "unknown file flags"),
+        ("count", 0, "image count 0"),
+        ("count", LIMITS["max_images"] + 1, "image count"),
+        ("count", 1 << 34, "image count"),
+        ("count", 3, "header truncated"),
+        ("meta_len", LIMITS["max_metadata"] + 1, "exceeds 1 MiB"),
+        ("meta_len", 10_000, "metadata length 10000 runs past the end"),
+    ],
+)
+def test_compact_file_header_fields(valid, field, value, phrase):
+    head, meta, images = C.split(valid)
+    fails(C.build(images, meta, version=C.COMPACT, **{field: value}), phrase)
+
+
+def _compact_image(**fields) -> bytes:
+    """A one-image version-4 payload: ``valid``'s first image (mode 4) with fields replaced."""
+    s = C.random_splats([(37, 53)], 6, seed=0)
+    ((header, body),) = C.split(encode(s, "medium", coder="range"))[2]
+    header = {**header, "coded_len": 0}
+    for name, value in fields.items():
+        if name == "bits":
+            header.update(zip(C.IMAGE_FIELDS[5:9], value, strict=True))
+        elif name == "ranges":
+            header.update(zip(C.IMAGE_FIELDS[10:24], value, strict=True))
+        else:
+            header[name] = value
+    return C.build([(header, body)], version=C.COMPACT)
+
+
+def _ranges_with(**changes: float) -> tuple[float, ...]:
+    r = list(C.split(_compact_image())[2][0][0][f"range{k}"] for k in range(14))
+    for key, value in changes.items():
+        r[int(key[1:])] = value
+    return tuple(r)
+
+
+@pytest.mark.parametrize(
+    "fields, phrase",
+    [
+        (dict(mode=0), "image 0: coding mode 0 in a version-4 record"),
+        (dict(mode=2), "coding mode 2 in a version-4 record"),
+        (dict(mode=3), "coding mode 3 in a version-4 record"),
+        (dict(mode=9), "unknown coding mode 9"),
+        (dict(height=LIMITS["max_side"] + 1), "outside 1..16384"),
+        (dict(width=1 << 34), "outside 1..16384"),
+        (dict(height=0), "size 0x53"),
+        (dict(n=1 << 34, height=16384, width=16384), "Gaussians exceeds the limit"),
+        (dict(n=37 * 53 + 1), "more than its pixels"),
+        (dict(bits=(12, 13, 8, 9)), "scale_bits=13 outside 1..12"),
+        (dict(bits=(12, 8, 16, 9)), "angle_bits=16 outside 1..12"),
+        (dict(coded_len=10_000), "runs past the end"),
+        (dict(ranges=_ranges_with(r0=math.nan)), "NaN, infinite"),
+        (dict(ranges=_ranges_with(r12=1e5)), "NaN, infinite"),  # beyond float16: infinite
+        (dict(ranges=_ranges_with(r0=2.0)), "lo > hi"),
+        (dict(ranges=_ranges_with(r7=-0.5)), "lo > hi"),  # uv_lo = −K·uv_hi/(K−1) > uv_hi
+    ],
+)
+def test_compact_image_header_fields(fields, phrase):
+    fails(_compact_image(**fields), phrase)
+
+
+@pytest.mark.parametrize(
+    "tail, phrase",
+    [
+        (b"\x80\x80\x80\x80\x80\x01", "file header holds a varint longer than 5 bytes"),
+        (b"\x01\x00" + b"\xff" * 5 + b"\x01" + bytes(40), "image 0: header holds a varint longer"),
+        (b"\x01\x00\x25\x35\x06\x04\xb7\x78" + bytes(5), "image 0: header truncated"),
+    ],
+)
+def test_compact_varints(tail, phrase):
+    fails(C.with_crc(C.MAGIC + bytes([C.COMPACT, 0]) + tail + bytes(4)), phrase)
 
 
 # ------------------------------------------------------------------------------ bodies

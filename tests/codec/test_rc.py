@@ -25,6 +25,7 @@ from gsvision.codec import (
     encode,
     using_coder,
 )
+from gsvision.codec.quant import resolve_level
 from gsvision.codec.rc import RangeError, decode_codes, encode_codes
 
 Q_BITS = (12, 8, 8, 9)
@@ -73,7 +74,7 @@ def test_range_coder_round_trip(bits, n, logcov):
 def test_version_2_decodes_to_what_version_1_does(level):
     """Same quantisation, another lossless stage: the decoded values are bit for bit equal, and
     version 1 payloads (mode 2, zstd) and version 2 ones (mode 3) still decode, beside version
-    3's (mode 4) in one batch."""
+    4's (mode 4, compact headers) in one batch."""
     s = C.random_splats([(37, 53), (20, 9), (64, 64)], 40, seed=3, counts=[40, 0, 17])
     new, old = C.mode3_payload(s, level), encode(s, level, coder="zstd")
     assert new[4] == 2 and old[4] == 1
@@ -81,7 +82,7 @@ def test_version_2_decodes_to_what_version_1_does(level):
     for name in ("means", "chol", "colors", "counts", "image_sizes"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     current = encode(s, level, coder="range")
-    assert current[4] == 3
+    assert current[4] == 4
     both = decode_batch([new, old, current, new])
     assert torch.equal(both.means[:3], a.means) and torch.equal(both.means[3:6], a.means)
     assert torch.equal(both.chol[6:9], decode(current).chol)
@@ -89,12 +90,16 @@ def test_version_2_decodes_to_what_version_1_does(level):
 
 
 def test_log_covariance_shapes_are_smaller_at_equal_error():
-    """Mode 4 against mode 3 at the same depths: the same positions, round Gaussians spend
-    nothing on an angle and small ones fewer bits on colour, so the payload is smaller."""
+    """Mode 4 against mode 3 at the same depths: the same position grid (but for its ends,
+    widened to float16 values), round Gaussians spend nothing on an angle and small ones fewer
+    bits on colour, so the payload is smaller."""
     s = C.random_splats([(224, 224)], 1024, seed=5)
     mode3, mode4 = C.mode3_payload(s, "low"), encode(s, "low", coder="range")
-    assert len(mode4) < len(mode3)
-    assert torch.equal(decode(mode3).means, decode(mode4).means)
+    assert len(mode4) < len(mode3) - 40  # (40: version 4's smaller headers)
+    span = float((s.means[0].amax(0) - s.means[0].amin(0)).max())
+    step = span / ((1 << resolve_level("low").pos_bits) - 1)
+    three, four = decode(mode3).means[0], decode(mode4).means[0]
+    assert float(torch.cdist(four, three, p=float("inf")).amin(1).max()) <= step * 1.01
 
 
 def test_unknown_coder():
@@ -109,7 +114,7 @@ def test_using_coder_sets_the_default_for_its_block_and_thread_only():
     assert current_coder() == DEFAULT_CODER == "zstd" and encode(s, "medium")[4] == 1
     seen = []
     with using_coder("range"):
-        assert current_coder() == "range" and encode(s, "medium")[4] == 3
+        assert current_coder() == "range" and encode(s, "medium")[4] == 4
         assert encode(s, "medium", coder="zstd")[4] == 1  # an explicit coder wins
         worker = threading.Thread(target=lambda: seen.append(encode(s, "medium")[4]))
         worker.start()
@@ -228,13 +233,13 @@ def test_worked_example_of_docs_format_md():
     assert morton.tolist() == [85, 138] and scale.tolist() == [[0, 15], [15, 0]]
     assert angle.tolist() == [13, 8] and color.tolist() == [[0, 2], [0, 15], [2, 0]]
     assert torch.equal(decode(old).chol, decode(new).chol)
-    # mode 4 (version 3, what the range coder writes): log-covariance shapes
-    current = encode(s, spec, coder="range")
-    head, _, ((header, body),) = C.split(current)
-    assert head[1] == 3 and header["mode"] == 4 and header["raw_len"] == 0
-    ranges = np.array([header[f"range{k}"] for k in range(4, 8)], np.float32)
-    assert ranges.view(np.uint32).tolist() == [0xBF5644DC, 0xBFA0B617, 0xBF5644DC, 0x3F8C9F54]
-    assert body == bytes.fromhex("00 1d 50 91 f9 11 ee 22 d5 29 5d e8 80")
+    # mode 4 (version 3; what the range coder wrote before version 4): log-covariance shapes
+    _, _, ((header, _),) = C.split(old)
+    ends = np.array([0xBF5644DC, 0xBFA0B617, 0xBF5644DC, 0x3F8C9F54], np.uint32).view(np.float32)
+    names = ("range4", "range5", "range6", "range7")
+    header.update(mode=4, raw_len=0, coded_len=0, **dict(zip(names, ends.tolist(), strict=True)))
+    body = bytes.fromhex("00 1d 50 91 f9 11 ee 22 d5 29 5d e8 80")
+    current = C.build([(header, body)], version=3)
     floats = [header[f"range{k}"] for k in range(14)]
     morton, scale, angle, color = decode_codes(body, 2, (4, 4, 4, 4), True, floats)
     assert morton.tolist() == [85, 138] and scale.tolist() == [[0, 0], [9, 1]]
@@ -244,6 +249,42 @@ def test_worked_example_of_docs_format_md():
     assert torch.allclose(got.chol[0, 1], torch.tensor([0.125, 0.0, 0.25]), atol=1e-7)
     want = torch.tensor([0.24582525, -0.06234132, 0.12712283])
     assert torch.allclose(got.chol[0, 0], want, rtol=1e-6)
+
+
+def test_worked_example_of_a_compact_record():
+    """docs/format.md §10: version 4 (what the range coder writes), byte for byte; Gaussian 1's
+    ``l22`` is 0.25 here, so the two differ in size (a field of one value keeps float32 ends and
+    so version 3)."""
+    from gsvision.splats import Splats
+
+    s = Splats(
+        torch.tensor([[[0.25, 0.5], [0.75, 0.125]]]),
+        torch.tensor([[[0.125, 0, 0.25], [0.25, -0.0625, 0.25]]]),
+        torch.tensor([[[1, 0.5, 0], [0, 0.25, 1.0]]]),
+        torch.tensor([2]),
+        torch.tensor([[3, 2]]),
+    )
+    payload = encode(s, QuantSpec(4, 4, 4, 4), coder="range")
+    assert payload == bytes.fromhex(
+        "89 47 53 56 04 00 01 00 03 02 02 04 33 33 00 34 00 30 00 3a 00 38 b3 ba d8 b7 65 3c"
+        "c6 39 a9 b9 0d 00 ca 3a 47 38 89 32 0d 00 1d 5f 52 f9 11 ee 21 d5 cd 5d 8b 40 99 b4"
+        "42 7a"
+    )
+    _, _, ((header, body),) = C.split(payload)
+    assert header["range5"] == np.float32(-1.2555803)  # uv_lo, derived from uv_hi = 1.0986328
+    floats = [header[f"range{k}"] for k in range(14)]
+    morton, scale, angle, color = decode_codes(body, 2, (4, 4, 4, 4), True, floats)
+    assert morton.tolist() == [85, 138] and scale.tolist() == [[15, 0], [5, 1]]
+    assert angle.tolist() == [6, 8] and color.tolist() == [[0, 2], [0, 15], [2, 0]]
+    got = decode(payload)
+    want = torch.tensor([[0.75, 0.125], [0.25, 0.4916667]])
+    assert torch.allclose(got.means[0], want, rtol=0, atol=1e-7)
+    want = torch.tensor(
+        [[0.25030491, -0.082658514, 0.2497855], [0.12494696, 5.0312902e-08, 0.24989904]]
+    )
+    assert torch.allclose(got.chol[0], want, rtol=1e-6, atol=1e-12)
+    want = torch.tensor([[-0.0160134, 0.2814291, 0.9845703], [1.0257783, 0.5255807, 0.0253851]])
+    assert torch.allclose(got.colors[0], want, rtol=0, atol=1e-6)
 
 
 def test_mode_4_sizes_whose_colour_gain_overflows_are_refused():

@@ -275,9 +275,31 @@ def test_zero_width_ranges_decode_exactly():
         assert torch.allclose(got[:, :2], want[:, :2], rtol=0, atol=1e-5)
         _check_quantised_image(case, out, 0, LEVELS["low"])
         # log-covariances: the size exactly; of the anisotropy (u, v) the larger holds the range
-        lc = decode(encode(case, "low", coder="range"))
+        payload = encode(case, "low", coder="range")
+        lc = decode(payload)
         assert torch.equal(lc.means[0], case.means[0, : lc.capacity])
         _check_quantised_image(case, lc, 0, LEVELS["low"], "range")
+        assert payload[4] == 3  # ends that are not float16 values: the 80-byte header
+
+
+def test_range_coder_writes_compact_headers_where_the_ends_are_float16():
+    """Version 4 when every image's range ends are float16 values (the range coder widens them
+    so); else, for the whole payload, version 3's float32 header (same values either way)."""
+    s = batch()
+    payload = encode(s, "low", {"k": "v"}, coder="range")
+    sizes = encoded_sizes(payload)
+    assert payload[4] == 4 and 8 + len(b'{"k":"v"}') + sum(sizes) + 4 == len(payload)
+    v3 = encode(s, "low", {"k": "v"}, coder="zstd")
+    assert len(payload) < len(v3)
+    far = s.clone()
+    far.means[2, :13, 0] += 70000.0  # beyond float16: this image keeps float32 ends
+    mixed = encode(far, "low", coder="range")
+    assert mixed[4] == 3
+    a, b = decode(payload), decode(mixed)
+    for k in range(2):  # the other images: the same values in either layout
+        assert torch.equal(a.image(k)["means"], b.image(k)["means"])
+        assert torch.equal(a.image(k)["colors"], b.image(k)["colors"])
+    _check_quantised_image(far, b, 2, LEVELS["low"], "range")
 
 
 @given(
@@ -358,12 +380,15 @@ def test_encoded_sizes_add_up():
         assert [a - 16 for a in alone] == sizes
 
 
-@pytest.mark.parametrize("version", [1, 3])
+@pytest.mark.parametrize("version", [1, 4])
 def test_payload_is_little_endian_as_documented(version):
     s = C.random_splats([(37, 53)], 3, seed=9)
     payload = encode(s, "medium", {"a": 1}, coder="zstd" if version == 1 else "range")
     head, meta, images = C.split(payload)
     assert head == (b"\x89GSV", version, 0, 1, 7) and meta == b'{"a":1}'
+    if version == 4:  # compact: the file header's count and metadata length are varints
+        assert payload[:8] == b"\x89GSV\x04\x00\x01\x07" and payload[8:15] == b'{"a":1}'
+        assert payload[15:19] == bytes([37, 53, 3, 4])  # height, width, n, mode: varints, u8
     ((header, body),) = images
     assert (header["height"], header["width"], header["n"]) == (37, 53, 3)
     mode = C.MODE_QUANTISED if version == 1 else C.MODE_QUANTISED_LC

@@ -83,7 +83,7 @@ DEFAULT_LEVEL = "medium"
 
 #: The lossless stage :func:`encode` uses for quantised levels when not told (see its ``coder``)
 #: and no :func:`using_coder` block says otherwise. ``"zstd"`` (format version 1's mode 2) keeps
-#: training shards fast to decode (the loader); ``"range"`` (version 3's mode 4) is 15-25%
+#: training shards fast to decode (the loader); ``"range"`` (mode 4, version 4) is 15-25%
 #: smaller: ``.gsv`` files (``gsvision fit``, ``save_splats``) and what the edge client sends.
 DEFAULT_CODER = "zstd"
 _CODER: contextvars.ContextVar[str | None] = contextvars.ContextVar("gsv_coder", default=None)
@@ -136,7 +136,8 @@ def encode(
         coder: the lossless stage of the quantised levels (default: the enclosing
             :func:`using_coder`'s, else :data:`DEFAULT_CODER`).
             ``"range"`` codes shapes as log-covariances and range-codes the codes with adaptive
-            models (format version 3, mode 4: 15-25% smaller, decoding ~1 µs per Gaussian);
+            models (mode 4 in version 4's compact records, or version 3's where a range end is
+            not a float16 value: 15-25% smaller, decoding ~1 µs per Gaussian);
             ``"zstd"`` writes them as version 1 did (mode 2: byte planes and zstd, larger but ~4x
             faster to decode in batches, readable by version-1 readers). Float levels are
             written as version 1 either way.
@@ -172,15 +173,16 @@ def quantised(
 
 
 def _version(coder: str) -> int:
-    """The format version a coder's quantised images need: 3 (mode 4) for the range coder, else 1
-    (mode 2; float levels are written as version 1 whatever this says)."""
+    """The format version a coder's quantised images need: 3 (mode 4; :func:`pack` writes
+    version 4's compact records where it can) for the range coder, else 1 (mode 2; float levels
+    are written as version 1 whatever this says)."""
     return 3 if coder == "range" else 1
 
 
 def encoded_sizes(payload: bytes) -> list[int]:
     """Bytes each image occupies in a payload (its header and coded body)."""
     images, _ = unpack(payload)
-    return [80 + len(im.body) for im in images]
+    return [im.header_len + len(im.body) for im in images]
 
 
 def decode_images(payload: bytes | bytearray | memoryview) -> list[Splats]:
@@ -277,7 +279,7 @@ def describe(payload: bytes | bytearray | memoryview) -> list[str]:
             coder = "range-coded" if im.mode in RANGE_MODES else "zstd"
             how = f"quantised ({depths} bits; {coder})"
         lines.append(
-            f"image {i}: {im.width}x{im.height}, {im.n} Gaussians, {how}, {80 + len(im.body)} bytes"
+            f"image {i}: {im.width}x{im.height}, {im.n} Gaussians, {how}, {im.header_len + len(im.body)} bytes"
         )
     return lines
 

@@ -22,7 +22,14 @@ import warnings
 import torch
 from torch import Tensor
 
-from gsvision.codec.quant import _COLOR_BASIS, QuantSpec, _levels, colour_gains_of, quantise
+from gsvision.codec.quant import (
+    _COLOR_BASIS,
+    QuantSpec,
+    _levels,
+    colour_gains_of,
+    f16_bounds,
+    quantise,
+)
 from gsvision.raster.reference import CUTOFF_Q, CUTOFF_SIGMA
 from gsvision.splats import Splats
 
@@ -145,7 +152,11 @@ def quantised_colours(
     gain32 = _gains(geometry, n, spec, logcov)[:, None]
     t32 = t.float()  # ranges and step as quantise() computes them (float32)
     lo32 = t32.amin(0)
+    if logcov:  # mode 4: range ends on float16 values, as quantise() widens them
+        lo32 = f16_bounds(lo32, t32.amax(0))[0]
     hi32 = lo32 + ((t32 - lo32) / gain32).amax(0)  # (with gains 1: the channels' maxima)
+    if logcov:
+        hi32 = f16_bounds(lo32, hi32)[1]
     step32 = (hi32 - lo32).max() / levels
     if float(step32) <= 0:
         return geometry

@@ -8,6 +8,13 @@ Byte layout (all little-endian; the full specification with field tables is ``do
     record   = image_header (80 B) | coded_len bytes (one zstd frame, or a range-coded stream)
     crc32    = u32 CRC-32 (zlib) of every byte before it
 
+Version 4 is the same with compact headers, for payloads whose images are all mode 4 with ranges
+that are float16 values (what the range coder writes)::
+
+    file_header = magic | u8 version (4) | u8 flags (0) | varint count | varint metadata_len
+    record      = varint height | varint width | varint n | u8 mode (4) | u8 bits P-1, S-1
+                  | u8 bits A-1, C-1 | 13 float16 ranges | varint coded_len | body
+
 This module knows nothing about Gaussians: it checks every field against :data:`LIMITS` before
 anything is allocated, and raises :class:`CodecError` naming the field on any inconsistency.
 """
@@ -20,6 +27,8 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 __all__ = [
     "CodecError",
@@ -35,10 +44,12 @@ __all__ = [
 ]
 
 MAGIC = b"\x89GSV"
-VERSION = 3
-#: Versions this reader reads. A writer emits the lowest version its images' modes allow (so
-#: older readers still read what they can): 1 for float and zstd payloads, else 3.
-VERSIONS = (1, 2, 3)
+VERSION = 4
+#: Versions this reader reads. A writer emits the lowest version its images allow (so older
+#: readers still read what they can): 1 for float and zstd payloads, 4 (compact headers) when
+#: every image is mode 4 with float16 ranges, else 3.
+VERSIONS = (1, 2, 3, 4)
+COMPACT_VERSION = 4
 
 #: How an image's Gaussians are coded: exact float32, float16, quantised integer codes with zstd
 #: (version 1), the same codes range-coded (version 2; see ``rc.py``), or range-coded with the
@@ -69,6 +80,10 @@ _FILE = struct.Struct("<4sBBHI")
 # h, w, n, mode, flags, pos/scale/angle/color bits, reserved u16, 14 float32 ranges, raw, coded
 _IMAGE = struct.Struct("<HHIBBBBBBH14fII")
 _CRC = struct.Struct("<I")
+# version 4: the 14 ranges less uv_lo (derived from uv_hi), as float16
+_COMPACT_RANGES = (0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13)
+_HALVES = struct.Struct("<13e")
+_VARINT_BYTES = 5
 
 FLAG_OPACITY = 1  # float modes only: a fourth field of opacities follows the colours
 
@@ -92,6 +107,7 @@ class ImageHeader:
     ) * 14  # pos lo, hi [2+2]; scale lo, hi [2+2]; color lo, hi [3+3]
     raw_len: int = 0
     body: bytes = field(default=b"", repr=False)  # the coded (zstd) bytes
+    header_len: int = _IMAGE.size  # bytes of its header as stored (version 4: 33 to 49)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -107,6 +123,8 @@ def pack(images: list[ImageHeader], metadata: dict[str, Any] | None = None) -> b
     )
     meta = b"" if not metadata else json.dumps(metadata, separators=(",", ":")).encode()
     _check(len(meta) <= LIMITS["max_metadata"], f"metadata is {len(meta)} bytes, limit 1 MiB")
+    if all(_compactable(im) for im in images):
+        return _pack_compact(images, meta)
     version = max(MODE_SINCE[im.mode] for im in images)
     parts = [_FILE.pack(MAGIC, version, 0, len(images), len(meta)), meta]
     for i, im in enumerate(images):
@@ -143,7 +161,7 @@ def unpack(data: bytes | bytearray | memoryview) -> tuple[list[ImageHeader], dic
         raise CodecError(f"not a .gsv payload (magic bytes {data[:4]!r}, expected {MAGIC!r})")
     if len(data) < minimum:
         raise CodecError(f"truncated payload: {len(data)} bytes, header needs {minimum}")
-    magic, version, flags, count, meta_len = _FILE.unpack_from(data, 0)
+    version, flags = data[4], data[5]
     if version not in VERSIONS:
         raise CodecError(
             f"unsupported .gsv version {version} (this reader knows {', '.join(map(str, VERSIONS))})"
@@ -157,10 +175,15 @@ def unpack(data: bytes | bytearray | memoryview) -> tuple[list[ImageHeader], dic
         )
     if flags != 0:
         raise CodecError(f"unknown file flags {flags:#x}")
+    end = len(data) - _CRC.size
+    if version == COMPACT_VERSION:
+        count, pos = _varint_at(data, 6, end, "file header")
+        meta_len, pos = _varint_at(data, pos, end, "file header")
+    else:
+        _, _, _, count, meta_len = _FILE.unpack_from(data, 0)
+        pos = _FILE.size
     if not (1 <= count <= LIMITS["max_images"]):
         raise CodecError(f"image count {count} outside 1..{LIMITS['max_images']}")
-    end = len(data) - _CRC.size
-    pos = _FILE.size
     if meta_len > LIMITS["max_metadata"]:
         raise CodecError(f"metadata length {meta_len} exceeds 1 MiB")
     if pos + meta_len > end:
@@ -170,11 +193,16 @@ def unpack(data: bytes | bytearray | memoryview) -> tuple[list[ImageHeader], dic
     images = []
     total_n = total_raw = 0
     for i in range(count):
-        if pos + _IMAGE.size > end:
-            raise CodecError(f"image {i}: header truncated at byte {pos}")
-        fields = _IMAGE.unpack_from(data, pos)
-        pos += _IMAGE.size
+        start = pos
+        if version == COMPACT_VERSION:
+            fields, pos = _compact_fields(i, data, pos, end)
+        else:
+            if pos + _IMAGE.size > end:
+                raise CodecError(f"image {i}: header truncated at byte {pos}")
+            fields = _IMAGE.unpack_from(data, pos)
+            pos += _IMAGE.size
         header = _image_header(i, fields, version)
+        header.header_len = pos - start
         coded_len = fields[-1]
         if pos + coded_len > end:
             raise CodecError(f"image {i}: body of {coded_len} bytes runs past the end")
@@ -187,6 +215,93 @@ def unpack(data: bytes | bytearray | memoryview) -> tuple[list[ImageHeader], dic
     if pos != end:
         raise CodecError(f"{end - pos} unexpected bytes after the last image")
     return images, metadata
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _varint_at(data: bytes, pos: int, end: int, where: str) -> tuple[int, int]:
+    """An unsigned LEB128 varint of at most 5 bytes at ``pos`` (before ``end``), and the position
+    after it."""
+    value = 0
+    for k in range(_VARINT_BYTES):
+        if pos + k >= end:
+            raise CodecError(f"{where} truncated at byte {pos + k}")
+        byte = data[pos + k]
+        value |= (byte & 0x7F) << (7 * k)
+        if byte < 0x80:
+            return value, pos + k + 1
+    raise CodecError(f"{where} holds a varint longer than {_VARINT_BYTES} bytes")
+
+
+def _compactable(im: ImageHeader) -> bool:
+    """Whether a version-4 record holds the image exactly: mode 4, every range end a float16
+    value, and ``uv_lo`` the one derived from ``uv_hi``."""
+    from gsvision.codec.quant import anisotropy_lo  # the quantiser's grid
+
+    if im.mode != "quantised-lc" or not 1 <= im.bits[2] <= 12 or len(im.ranges) != 14:
+        return False
+    r = np.asarray(im.ranges, np.float32)
+    stored = r[list(_COMPACT_RANGES)]
+    with np.errstate(over="ignore", invalid="ignore"):
+        exact = np.array_equal(stored.astype(np.float16).astype(np.float32), stored)
+    return exact and anisotropy_lo(r[7], im.bits[2]).tobytes() == r[5].tobytes()
+
+
+def _pack_compact(images: list[ImageHeader], meta: bytes) -> bytes:
+    parts = [MAGIC, bytes([COMPACT_VERSION, 0]), _varint(len(images)), _varint(len(meta)), meta]
+    for i, im in enumerate(images):
+        fields = (
+            im.height, im.width, im.n, MODE_IDS[im.mode], 0, *im.bits, 0, *im.ranges, 0,
+            len(im.body),
+        )  # fmt: skip
+        checked = _image_header(i, fields, COMPACT_VERSION)
+        checked.body = im.body
+        _check_expansion(i, checked)
+        pb, sb, ab, cb = im.bits
+        parts += [
+            _varint(im.height),
+            _varint(im.width),
+            _varint(im.n),
+            bytes([MODE_IDS[im.mode], (pb - 1) << 4 | (sb - 1), (ab - 1) << 4 | (cb - 1)]),
+            _HALVES.pack(*(im.ranges[j] for j in _COMPACT_RANGES)),
+            _varint(len(im.body)),
+            im.body,
+        ]
+    data = b"".join(parts)
+    _check_totals(sum(im.n for im in images), 0, len(data) + _CRC.size)
+    return data + _CRC.pack(zlib.crc32(data))
+
+
+def _compact_fields(i: int, data: bytes, pos: int, end: int) -> tuple[tuple, int]:
+    """A version-4 image header at ``pos``, as the version-3 header's fields (``uv_lo`` derived
+    from ``uv_hi``), and the position after it."""
+    from gsvision.codec.quant import anisotropy_lo
+
+    where = f"image {i}: header"
+    h, pos = _varint_at(data, pos, end, where)
+    w, pos = _varint_at(data, pos, end, where)
+    n, pos = _varint_at(data, pos, end, where)
+    if pos + 3 + _HALVES.size > end:
+        raise CodecError(f"{where} truncated at byte {pos}")
+    mode_id, bits_a, bits_b = data[pos : pos + 3]
+    if mode_id in MODES and mode_id != MODE_IDS["quantised-lc"]:  # (unknown ones: as ever)
+        raise CodecError(
+            f"image {i}: coding mode {mode_id} in a version-4 record (which holds only mode 4)"
+        )
+    halves = np.frombuffer(data, "<f2", 13, pos + 3).astype(np.float32)
+    coded_len, pos = _varint_at(data, pos + 3 + _HALVES.size, end, where)
+    angle_bits = (bits_b >> 4) + 1
+    ranges = [float(v) for v in halves]
+    ranges.insert(5, float(anisotropy_lo(halves[6], angle_bits)))
+    bits = ((bits_a >> 4) + 1, (bits_a & 15) + 1, angle_bits, (bits_b & 15) + 1)
+    return (h, w, n, mode_id, 0, *bits, 0, *ranges, 0, coded_len), pos
 
 
 def _parse_metadata(raw: bytes) -> dict[str, Any]:

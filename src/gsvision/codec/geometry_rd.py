@@ -31,6 +31,7 @@ from gsvision.codec.quant import (
     _levels,
     _step,
     anisotropy_range,
+    f16_bounds,
     to_logcov,
     to_shape,
 )
@@ -59,12 +60,14 @@ def _codes_space(s: Splats, b: int, spec: QuantSpec, logcov: bool) -> dict[str, 
     )
     shape = to_shape(chol * torch.tensor([w, h, h], dtype=torch.float32))
     r = Ranges.from_values(means, shape[:, :2], colors)
+    if logcov:  # mode 4: range ends on float16 values, as quantise() widens them
+        r.pos_lo, r.pos_hi = f16_bounds(r.pos_lo, r.pos_hi)
     step_p = _step(r.pos_lo, r.pos_hi, spec.pos_bits)
     out = {"pos_lo": r.pos_lo, "step_p": step_p.expand(2), "colors": colors}
     if logcov:
         suv = to_logcov(shape)
         size, uv = suv[:, 0], suv[:, 1:]
-        s_lo, s_hi = size.amin(), size.amax()
+        s_lo, s_hi = (t[0] for t in f16_bounds(size.amin().view(1), size.amax().view(1)))
         uv_lo, uv_hi = anisotropy_range(uv, spec.angle_bits)
         step_s = _step(s_lo, s_hi, spec.scale_bits)
         step_uv = _step(uv_lo, uv_hi, spec.angle_bits)
@@ -88,7 +91,28 @@ def _codes_space(s: Splats, b: int, spec: QuantSpec, logcov: bool) -> dict[str, 
     if n < 2 or float(step_p) <= 0 or float(step_s) <= 0:
         return None
     out["pos"] = (means - r.pos_lo) / step_p
+    if logcov:
+        _pin_ends(out, spec)
     return out
+
+
+def _pin_ends(k: dict[str, Tensor], spec: QuantSpec) -> None:
+    """Put the Gaussians that hold the range ends exactly on the grid's end codes (the ends were
+    widened to float16 values, so they may lie a fraction of a step inside): rounded there,
+    they make the encoder recompute the same ends."""
+    for name, bits in (("pos", spec.pos_bits), ("single", spec.scale_bits)):
+        codes = k[name].view(len(k[name]), -1)
+        codes[codes.argmin(0), torch.arange(codes.shape[1])] = 0.0
+        top = codes.max(0)  # the top code only on the widest channel: it sets the step
+        wide = int(top.values.argmax())
+        codes[int(top.indices[wide]), wide] = _levels(bits)
+    pair = k["pair"]
+    if float(k["step_pair"][0]) > 0:
+        zero = float(k["pair_lo"][0].abs() / k["step_pair"][0])
+        far = (pair - zero).abs().flatten().argmax()
+        flat = pair.view(-1)
+        top = _levels(spec.angle_bits)
+        flat[far] = top if float(flat[far]) > zero else min(1.0, top - 1)
 
 
 def _values(pos, pair, single, k, spec: QuantSpec, hw, logcov: bool) -> tuple[Tensor, Tensor]:

@@ -92,6 +92,7 @@ REFINE_GEOMETRY: bool | None = None
 #: matrix per image (~0.1 s of CPU at N = 1,024).
 PRUNE: bool | None = None
 _OVERHEAD = 110  # file header, image header, zstd frame header, checksum
+_OVERHEAD_COMPACT = 50  # ... of a quantised image with the range coder (format version 4)
 _LADDER_START = 128
 _DB_PER_DOUBLING = 3.0  # PSNR gained per doubling of N, measured 3-4 dB (docs/benchmarks.md)
 
@@ -157,6 +158,12 @@ def bytes_per_gaussian(level: str | QuantSpec) -> float:
     spec = resolve_level(level)  # scale the medium level's cost by the bits spent
     bits = spec.pos_bits * 1.4 + 2 * spec.scale_bits + spec.angle_bits + 3 * spec.color_bits
     return table["medium"] * bits / (12 * 1.4 + 16 + 8 + 27)
+
+
+def _overhead(level: str | QuantSpec) -> int:
+    """Bytes of a one-image payload besides its Gaussians, with the coder in use."""
+    quantised = not isinstance(resolve_level(level), str)
+    return _OVERHEAD_COMPACT if quantised and current_coder() == "range" else _OVERHEAD
 
 
 def _quant_loss(level: str | QuantSpec) -> float:
@@ -479,11 +486,12 @@ def _budget_n(images, target: RateTarget, level, fit_kwargs) -> tuple[int, list[
     _, sizes = prepare_images(images, fit_kwargs.get("size"))
     budgets = [target.budget(int(h), int(w)) for h, w in sizes]
     smallest = min(budgets)
-    n = int((smallest - _OVERHEAD) / bytes_per_gaussian(level))
+    overhead = _overhead(level)
+    n = int((smallest - overhead) / bytes_per_gaussian(level))
     if n < 1:
         raise ValueError(
             f"a budget of {smallest} bytes per image is below what one Gaussian needs at level "
-            f"{level!r} (~{_OVERHEAD + bytes_per_gaussian(level):.0f} bytes)"
+            f"{level!r} (~{overhead + bytes_per_gaussian(level):.0f} bytes)"
         )
     return min(n, int(sizes.prod(1).min())), budgets
 
