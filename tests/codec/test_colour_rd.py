@@ -60,17 +60,20 @@ CODERS = [("range", True), ("zstd", False)]
 
 
 @pytest.mark.parametrize("coder,logcov", CODERS)
-def test_colours_lie_on_the_grid_and_the_encoder_keeps_them(fitted, coder, logcov):
+@pytest.mark.parametrize("spec", [SPEC, QuantSpec(13, 9, 8, 12)], ids=["coarse", "fine"])
+def test_colours_lie_on_the_grid_and_the_encoder_keeps_them(fitted, coder, logcov, spec):
+    """Also where a colour step (~2⁻¹¹) is finer than float16's spacing near 1: the range
+    coder's ends, widened to float16 values, are recomputed exactly."""
     splats, image = fitted
-    geometry = decode(encode(splats, SPEC, coder=coder))
-    chosen = quantised_colours(geometry, image, SPEC, logcov=logcov)
+    geometry = decode(encode(splats, spec, coder=coder))
+    chosen = quantised_colours(geometry, image, spec, logcov=logcov)
     assert torch.equal(chosen.means, geometry.means) and torch.equal(chosen.chol, geometry.chol)
-    payload = encode(chosen, SPEC, coder=coder)
+    payload = encode(chosen, spec, coder=coder)
     back = decode(payload)
     # the decoder returns the chosen values: a code one off would be a colour step (~1e-2) away
     torch.testing.assert_close(back.colors, chosen.colors, rtol=0, atol=1e-5)
-    codes, _ = quantise(chosen.means[0], chosen.chol[0], chosen.colors[0], (40, 40), SPEC, logcov)
-    assert int(codes["color"].max()) == (1 << SPEC.color_bits) - 1  # the full range kept
+    codes, _ = quantise(chosen.means[0], chosen.chol[0], chosen.colors[0], (40, 40), spec, logcov)
+    assert int(codes["color"].max()) == (1 << spec.color_bits) - 1  # the full range kept
     assert int(codes["color"].min()) == 0
     if logcov:  # every channel's origin kept (each has a code 0), steps scaled by size
         assert (codes["color"].amin(0) == 0).all()

@@ -42,11 +42,14 @@ CODERS = [("range", True), ("zstd", False)]  # the coder, and whether its shapes
 
 
 @pytest.mark.parametrize("coder,logcov", CODERS)
-def test_geometry_lies_on_the_grid_and_the_encoder_keeps_it(fitted, coder, logcov):
+@pytest.mark.parametrize("spec", [SPEC, QuantSpec(13, 9, 8, 10)], ids=["coarse", "high"])
+def test_geometry_lies_on_the_grid_and_the_encoder_keeps_it(fitted, coder, logcov, spec):
+    """Also where a position step (2⁻¹³) is finer than float16's spacing near 1 (2⁻¹¹): the
+    range coder's ends, widened to float16 values, are recomputed exactly."""
     splats, images = fitted
-    refined = refined_geometry(splats, images, SPEC, logcov=logcov)
+    refined = refined_geometry(splats, images, spec, logcov=logcov)
     # decode(encode(...)): codes recomputed from the values
-    again = quantised(refined, SPEC, coder=coder)
+    again = quantised(refined, spec, coder=coder)
     for b in range(2):
         m1, c1 = _sorted(refined, b)
         m2, c2 = _sorted(again, b)

@@ -154,15 +154,18 @@ def quantised_colours(
     lo32 = t32.amin(0)
     if logcov:  # mode 4: range ends on float16 values, as quantise() widens them
         lo32 = f16_bounds(lo32, t32.amax(0))[0]
-    hi32 = lo32 + ((t32 - lo32) / gain32).amax(0)  # (with gains 1: the channels' maxima)
-    if logcov:
+    span32 = ((t32 - lo32) / gain32).amax(0)  # (with gains 1: the channels' maxima)
+    wide = int(span32.argmax())
+    hi32 = lo32 + span32
+    tops = torch.full((3,), levels, dtype=torch.float64)
+    if logcov:  # (the other channels stay below the top code: no end of theirs sets the step)
         hi32 = f16_bounds(lo32, hi32)[1]
+        tops[torch.arange(3) != wide] = levels - 1
     step32 = (hi32 - lo32).max() / levels
     if float(step32) <= 0:
         return geometry
     steps32 = step32 * gain32  # each Gaussian's, as the decoder computes them
     lo, steps = lo32.double(), steps32.double()
-    wide = int((hi32 - lo32).argmax())
     # the Gaussians that set the ranges: the widest channel's top (in steps), and its bottom (every
     # channel's bottom with gains: a channel's origin must stay where the other codes' steps
     # start, not just on its own grid)
@@ -177,7 +180,7 @@ def quantised_colours(
     for k, block in enumerate(blocks):
         if block.numel() == 0:
             continue
-        q = torch.round((t[block] - lo) / steps[block]).clamp(0, levels)
+        q = torch.minimum(torch.round((t[block] - lo) / steps[block]).clamp(min=0), tops)
         if k == 0:  # the extremes: exactly the first code, and the last of the widest channel
             for c, g in zip(range(3) if logcov else [wide], lows, strict=True):
                 q[block == g, c] = 0.0

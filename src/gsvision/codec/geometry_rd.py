@@ -99,13 +99,18 @@ def _codes_space(s: Splats, b: int, spec: QuantSpec, logcov: bool) -> dict[str, 
 def _pin_ends(k: dict[str, Tensor], spec: QuantSpec) -> None:
     """Put the Gaussians that hold the range ends exactly on the grid's end codes (the ends were
     widened to float16 values, so they may lie a fraction of a step inside): rounded there,
-    they make the encoder recompute the same ends."""
+    they make the encoder recompute the same ends. Only the widest channel of a field reaches
+    its top code (``k["pos_top"]``: the others stop one below), so that it stays the widest and
+    its end, the step."""
     for name, bits in (("pos", spec.pos_bits), ("single", spec.scale_bits)):
         codes = k[name].view(len(k[name]), -1)
         codes[codes.argmin(0), torch.arange(codes.shape[1])] = 0.0
-        top = codes.max(0)  # the top code only on the widest channel: it sets the step
+        top = codes.max(0)
         wide = int(top.values.argmax())
         codes[int(top.indices[wide]), wide] = _levels(bits)
+        if name == "pos":
+            k["pos_top"] = torch.full((2,), _levels(bits) - 1)
+            k["pos_top"][wide] = _levels(bits)
     pair = k["pair"]
     if float(k["step_pair"][0]) > 0:
         zero = float(k["pair_lo"][0].abs() / k["step_pair"][0])
@@ -253,6 +258,9 @@ def _refined(
     consts = {
         name: torch.stack([spaces[i][name] for i in todo])[:, None].to(device) for name in names
     }
+    if logcov:  # each image's position codes stop below the top on its narrower axis
+        top = torch.stack([spaces[i]["pos_top"] for i in todo])[:, None].to(device)
+        bounds = ((torch.zeros_like(top), top), *bounds[1:])
     params = [stack("pos", 2), stack("pair", 2), stack("single", 0), stack("colors", 3)]
     params = [p.requires_grad_(True) for p in params]
     rank = torch.stack([_order(spaces[i], int(splats.counts[i]), cap, logcov) for i in todo]).to(

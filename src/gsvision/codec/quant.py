@@ -208,46 +208,53 @@ def anisotropy_lo(reach: float | np.floating, bits: int) -> np.float32:
         return np.float32(-half * (r / (half - np.float32(1))))
 
 
-def anisotropy_range(uv: Tensor, bits: int, snap: bool = True) -> tuple[Tensor, Tensor]:
+def anisotropy_range(uv: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     """``(lo, hi)`` of the log-anisotropy grid for values ``uv``: ``2^bits`` levels reaching
-    ``R = max |u|, |v|`` both ways (``R`` rounded up to a float16 value with ``snap``, as
-    version-4 records store it), with 0 on code ``2^(bits−1)`` when ``bits ≥ 2`` (the grid
+    ``R = max |u|, |v|`` both ways (``R`` rounded up to a float16 value, as version-4 records
+    store it), with 0 on code ``2^(bits−1)`` when ``bits ≥ 2`` (the grid
     then runs one step past ``−R``, a code the encoder never uses), ``±R`` when ``bits = 1``;
     both 0 when every Gaussian is round."""
     reach = uv.abs().amax().float() if uv.numel() else torch.zeros(())
     if not float(reach) > 0:
         return torch.zeros(()), torch.zeros(())
-    if snap:
-        reach = f16_bounds(-reach.view(1), reach.view(1))[1][0]
+    reach = f16_bounds(-reach.view(1), reach.view(1))[1][0]
     return torch.tensor(anisotropy_lo(float(reach), bits)), reach
 
 
-#: How far a range end may lie beyond the float16 value it rounds to, relative to the field's
-#: largest magnitude: float32 rounding of values that already sit on a float16 end (recomputed
-#: from the grid by the closed-loop encoder) must not push them to the next float16.
+#: How far a range end may lie beyond the float16 value it is widened to, relative to the field's
+#: largest magnitude: float32 rounding of values that already sit on such an end (recomputed
+#: from the grid by the closed-loop encoder) must not move it to another float16 value.
 _F16_SLACK = 2.0**-20
 
 
 def f16_bounds(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     """A field's range ends widened to float16 values, as version-4 records store them: the
     largest float16 at most ``lo`` and the smallest at least ``hi`` (each up to a float32-rounding
-    slack). Ends beyond float16's range, and both ends of a field whose values are all one (its
+    slack, among multiples of a power of two above twice the slack; docs/format.md §7.6), the
+    channels but the widest no wider than it. Ends beyond float16's range, and both ends of a field whose values are all one (its
     step 0 codes it exactly), come back unchanged: such an image is written with float32 ranges
     (format version 3)."""
     lo32, hi32 = (t.detach().cpu().to(torch.float32).numpy() for t in (lo, hi))
-    slack = np.float32(max(float(np.abs(lo32).max(initial=0)), float(np.abs(hi32).max(initial=0))))
-    slack = slack * np.float32(_F16_SLACK)
-    down, up = _to_f16(lo32 + slack, -1), _to_f16(hi32 - slack, 1)
+    slack = max(float(np.abs(lo32).max(initial=0)), float(np.abs(hi32).max(initial=0))) * _F16_SLACK
+    # candidate ends: float16 values that are multiples of a power of two q ≥ 2·slack, so that
+    # the one below lo + slack is the same for every lo within slack of it
+    lo_q, hi_q = lo32.astype(np.float64), hi32.astype(np.float64)
+    if slack > 0:
+        q = 2.0 ** math.ceil(math.log2(2 * slack))
+        lo_q, hi_q = np.floor((lo_q + slack) / q) * q, np.ceil((hi_q - slack) / q) * q
+    down, up = _to_f16(lo_q.astype(np.float32), -1), _to_f16(hi_q.astype(np.float32), 1)
     # ends beyond float16, and fields of one value (step 0: exact), stay float32
     keep = ~np.isfinite(down) | (lo32 == hi32)
     down = np.where(keep, lo32, down)
     up = np.where(~np.isfinite(up) | (lo32 == hi32), hi32, up)
-    # the channels share one step, the widest's: no other may round up to a wider range (the
-    # closed loop puts values on the top code of a channel that is not the widest)
-    widest = (up - down).max(initial=0)
-    for c in range(up.size):
-        while up.flat[c] - down.flat[c] > widest:
-            up.flat[c] = _to_f16(np.nextafter(up.flat[c], np.float32(-np.inf)), -1)
+    # the channels share one step, the widest's (by the values' span): no other may round up to
+    # a wider range, which would change the step
+    if up.size > 1:
+        wide = int(np.argmax(hi32 - down))
+        widest = up.flat[wide] - down.flat[wide]
+        for c in range(up.size):
+            while up.flat[c] - down.flat[c] > widest:
+                up.flat[c] = _to_f16(np.nextafter(up.flat[c], np.float32(-np.inf)), -1)
     return torch.from_numpy(down.astype(np.float32)), torch.from_numpy(up.astype(np.float32))
 
 
