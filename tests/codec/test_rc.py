@@ -212,17 +212,22 @@ def test_fuzz_range_decoder(body, n, logcov):
     assert (s >= 0).all() and (a >= 0).all() and (c >= 0).all()
 
 
-def test_worked_example_of_docs_format_md():
-    """docs/format.md §10: the two-Gaussian example, in both quantised modes, byte for byte."""
+def _worked_example(l22: float = 0.125):
+    """docs/format.md §10's two Gaussians on a 3x2 image (Gaussian 1's ``l22`` as given)."""
     from gsvision.splats import Splats
 
-    s = Splats(
+    return Splats(
         torch.tensor([[[0.25, 0.5], [0.75, 0.125]]]),
-        torch.tensor([[[0.125, 0, 0.25], [0.25, -0.0625, 0.125]]]),
+        torch.tensor([[[0.125, 0, 0.25], [0.25, -0.0625, l22]]]),
         torch.tensor([[[1, 0.5, 0], [0, 0.25, 1.0]]]),
         torch.tensor([2]),
         torch.tensor([[3, 2]]),
     )
+
+
+def test_worked_example_of_docs_format_md():
+    """docs/format.md §10: the two-Gaussian example, in both quantised modes, byte for byte."""
+    s = _worked_example()
     spec = QuantSpec(4, 4, 4, 4)
     old, new = encode(s, spec, coder="zstd"), C.mode3_payload(s, spec)
     assert C.raw_bodies(old)[0] == bytes.fromhex("55 35 00 0f 0f 00 0d 08 00 02 00 0f 02 00")
@@ -255,16 +260,7 @@ def test_worked_example_of_a_compact_record():
     """docs/format.md §10: version 4 (what the range coder writes), byte for byte; Gaussian 1's
     ``l22`` is 0.25 here, so the two differ in size (a field of one value keeps float32 ends and
     so version 3)."""
-    from gsvision.splats import Splats
-
-    s = Splats(
-        torch.tensor([[[0.25, 0.5], [0.75, 0.125]]]),
-        torch.tensor([[[0.125, 0, 0.25], [0.25, -0.0625, 0.25]]]),
-        torch.tensor([[[1, 0.5, 0], [0, 0.25, 1.0]]]),
-        torch.tensor([2]),
-        torch.tensor([[3, 2]]),
-    )
-    payload = encode(s, QuantSpec(4, 4, 4, 4), coder="range")
+    payload = encode(_worked_example(l22=0.25), QuantSpec(4, 4, 4, 4), coder="range")
     assert payload == bytes.fromhex(
         "89 47 53 56 04 00 01 00 03 02 02 04 33 33 00 34 00 30 00 3a 00 38 b3 ba d8 b7 65 3c"
         "c6 39 a9 b9 00 00 ca 3a 47 38 89 32 0d 00 1d 5f 52 f9 11 ee 21 d5 cd 5d 8b 40 59 65"
