@@ -236,17 +236,11 @@ def test_compact_file_header_fields(valid, field, value, phrase):
 
 
 def _compact_image(**fields) -> bytes:
-    """A one-image version-4 payload: ``valid``'s first image (mode 4) with fields replaced."""
+    """A one-image version-4 payload (a 37x53 image of 6 Gaussians, mode 4) with header fields
+    replaced (as :func:`codec_cases.image_header` takes them)."""
     s = C.random_splats([(37, 53)], 6, seed=0)
     ((header, body),) = C.split(encode(s, "medium", coder="range"))[2]
-    header = {**header, "coded_len": 0}
-    for name, value in fields.items():
-        if name == "bits":
-            header.update(zip(C.IMAGE_FIELDS[5:9], value, strict=True))
-        elif name == "ranges":
-            header.update(zip(C.IMAGE_FIELDS[10:24], value, strict=True))
-        else:
-            header[name] = value
+    header = C.image_header(**{**header, "coded_len": 0, **fields})
     return C.build([(header, body)], version=C.COMPACT)
 
 

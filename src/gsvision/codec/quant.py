@@ -244,9 +244,9 @@ def f16_bounds(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         lo_q, hi_q = np.floor((lo_q + slack) / q) * q, np.ceil((hi_q - slack) / q) * q
     down, up = _to_f16(lo_q.astype(np.float32), -1), _to_f16(hi_q.astype(np.float32), 1)
     # ends beyond float16, and fields of one value (step 0: exact), stay float32
-    keep = ~np.isfinite(down) | (lo32 == hi32)
-    down = np.where(keep, lo32, down)
-    up = np.where(~np.isfinite(up) | (lo32 == hi32), hi32, up)
+    one = lo32 == hi32
+    down = np.where(~np.isfinite(down) | one, lo32, down)
+    up = np.where(~np.isfinite(up) | one, hi32, up)
     # the channels share one step, the widest's (by the values' span): no other may round up to
     # a wider range, which would change the step
     if up.size > 1:
