@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, as one script for a lent GPU machine (see docs/benchmarks.md):
-#   1. the GPU kernel tests (pytest -m gpu: compiled Triton and sparse kernels vs the dense reference);
+#   1. the GPU tests (pytest -m gpu: compiled Triton and sparse kernels vs the dense reference, the
+#      codec's geometry refinement on the GPU);
 #   2. gsvision bench raster_gpu, model (fp32 + bf16, eager and CUDA graphs, a front-end profile),
 #      fit (batched vs one by one) and a profile of a fitting step, convert (with and without the
 #      encoder thread), a quick demo (training in bf16 on the GPU), serve.
@@ -51,7 +52,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | head
 "$PY" -c "import torch, triton, sys; print(sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
 
 # the compiled Triton kernel is checked first; if it fails, the benches fall back to sparse
-step tests 100 "$PY" -m pytest -q -x -m gpu -p no:cacheprovider tests/raster
+step tests 150 "$PY" -m pytest -q -x -m gpu -p no:cacheprovider tests/raster tests/codec
 "$PY" - <<'EOF' || export GSVISION_BACKEND=sparse
 import torch
 from gsvision.raster import render, resolve_backend

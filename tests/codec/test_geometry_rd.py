@@ -21,8 +21,8 @@ SPEC = QuantSpec(7, 4, 4, 7)  # coarse geometry: rounding errors large enough to
 
 @pytest.fixture(scope="module")
 def fitted():
-    result = fit([smooth_image(1), smooth_image(2)], 80, iters=60)
-    return result.splats.fold_opacity(), result.targets
+    result = fit([smooth_image(1), smooth_image(2)], 80, iters=60)  # on a GPU where there is one
+    return result.splats.fold_opacity().to("cpu"), result.targets.cpu()
 
 
 def _sorted(s: Splats, b: int) -> tuple[torch.Tensor, torch.Tensor]:

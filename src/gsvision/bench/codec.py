@@ -131,7 +131,7 @@ def _gsvision_points(u8: np.ndarray, args) -> tuple[list[dict], list[dict]]:
         t0 = time.perf_counter()
         r = fit(list(u8), n, iters=args.iters, size=args.size, seed=args.seed)
         fit_s = time.perf_counter() - t0
-        assert torch.equal(r.targets, targets), "fit() changed the 8-bit crops"
+        assert torch.equal(r.targets.cpu(), targets), "fit() changed the 8-bit crops"
         fits.append(
             {
                 "n": n,
