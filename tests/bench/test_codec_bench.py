@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from gsvision.bench.codec import bytes_for_psnr, interp_at_bytes, pareto_front
+from gsvision.bench.codec import bytes_for_psnr, interp_at_bytes, pareto_front, probe_plan
 from gsvision.cli import main
 
 
@@ -28,7 +28,8 @@ def test_bench_codec_quick_writes_its_json_and_figure(tmp_path):
         "xlow",
         "xxlow",
         "10-5-6-7",
-        "11-5-6-7",
+        "10-5-5-7",
+        "9-5-5-7",
     }
     for p in points + [r for rows in data["codecs"].values() for r in rows]:
         assert p["bytes"] > 0 and math.isfinite(p["psnr"]) and -1 <= p["ssim"] <= 1
@@ -37,7 +38,7 @@ def test_bench_codec_quick_writes_its_json_and_figure(tmp_path):
         by_level = {p["level"]: p["bytes"] for p in points if p["n"] == n}
         assert by_level["high"] >= by_level["medium"] >= by_level["low"] >= by_level["xlow"]
         assert by_level["lower"] >= by_level["xlow"] >= by_level["10-5-6-7"] >= by_level["xxlow"]
-        assert by_level["11-5-6-7"] >= by_level["10-5-6-7"]
+        assert by_level["10-5-6-7"] >= by_level["10-5-5-7"] >= by_level["9-5-5-7"]
     assert data["codecs"]["jpeg"], "Pillow always has JPEG"
     for rows in data["codecs"].values():
         nbytes = [r["bytes"] for r in sorted(rows, key=lambda r: r["quality"])]
@@ -69,3 +70,57 @@ def test_front_and_interpolation():
     assert bytes_for_psnr(front, 22.0) == (pytest.approx(200.0), True)
     assert bytes_for_psnr(front, 25.0) == (None, False)
     assert bytes_for_psnr(front, 19.0) == (100.0, False)  # a bound: the cheapest already does
+
+
+def _pt(n, level, psnr, nbytes=None):
+    return {"n": n, "level": level, "psnr": psnr, "bytes": nbytes or 16 * n}
+
+
+LADDER = [
+    _pt(100, "f16", 30.0),
+    _pt(200, "f16", 33.0),
+    _pt(100, "xlow", 29.5, 500),
+    _pt(200, "xlow", 32.5, 1000),
+    _pt(100, "xxlow", 29.0, 400),
+    _pt(200, "xxlow", 32.0, 800),
+]
+
+
+def test_probe_plan_predicts_each_levels_n_at_the_goal_and_takes_the_cheapest():
+    plan = probe_plan(LADDER, ["xlow", "xxlow"])
+    # N = 100's goal, 29.9 dB: xlow at 100·2^(0.4/3) ≈ 110 (548 B), xxlow at 100·2^0.3 ≈ 124 (492 B);
+    # N = 200's goal is above every level's curve: no extrapolation, no probe
+    assert list(plan) == [124]
+    assert plan[124]["level"] == "xxlow" and plan[124]["for_n"] == 100
+    assert plan[124]["goal_psnr"] == pytest.approx(29.9)
+    assert plan[124]["predicted_bytes"] == pytest.approx(400 * 2**0.3)
+    assert probe_plan(LADDER, ["xlow"]) == {
+        110: {
+            "level": "xlow",
+            "for_n": 100,
+            "goal_psnr": pytest.approx(29.9),
+            "predicted_bytes": pytest.approx(500 * 2 ** (0.4 / 3)),
+        }
+    }
+    # a quantised point at N = 100 that already reaches the goal: nothing to probe
+    assert probe_plan([*LADDER, _pt(100, "low", 29.95, 700)], ["low", "xlow", "xxlow"]) == {}
+
+
+def test_probe_points_fit_and_encode_the_plan():
+    from argparse import Namespace
+
+    from gsvision.bench.codec import _load, _probe_points
+
+    names, u8 = _load(["coffee"], 32)
+    ladder = [
+        _pt(8, "f16", 20.0),
+        _pt(16, "f16", 22.0),
+        _pt(8, "xxlow", 18.0, 60),
+        _pt(16, "xxlow", 21.0, 90),
+    ]
+    args = Namespace(iters=5, size=32, seed=0)
+    (probe,) = _probe_points(u8, args, ladder, ["xxlow"])
+    # 8·2^(1.9/3) ≈ 12.4 Gaussians, rounded up
+    assert probe["probe"] and probe["n"] == 13 and probe["level"] == "xxlow"
+    assert probe["for_n"] == 8 and probe["bytes"] > 0 and math.isfinite(probe["psnr"])
+    assert probe["fit_seconds"] > 0 and probe["bytes_per_gaussian"] == probe["bytes"] / 13
