@@ -84,6 +84,7 @@ def test_fit_safetensors_keeps_float_splats_and_metadata(tmp_path):
         (["--ratio", "12"], lambda m: m["bytes"] <= 3072 / 12 and m["reached"]),
         (["--psnr", "25", "-n", "64"], lambda m: m["psnr"] >= 25 and m["reached"]),
         (["--level", "lossless"], lambda m: m["level"] == "lossless" and m["bytes"] > 16 * 32),
+        (["--bytes", "300", "--level", "9-5-5-7"], lambda m: m["level"] == "9-5-5-7"),
     ],
 )
 def test_fit_rate_targets(tmp_path, flags, check):
@@ -102,6 +103,7 @@ def test_fit_rate_targets(tmp_path, flags, check):
         (["--bytes", "100", "--format", "pt"], "need --format gsv"),
         (["--bytes", "100", "--ratio", "3"], "give one rate target"),
         (["--level", "ultra"], "unknown codec level"),
+        (["--level", "10-5-5-40"], "color_bits must be an integer in [1, 12]"),
         (["--ratio", "0"], "--ratio must be positive"),
         (["--relocate", "1.5"], "--relocate must be in [0, 1]"),
     ],

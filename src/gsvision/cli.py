@@ -129,8 +129,10 @@ def _add_fit_arguments(
     )
     p.add_argument(
         "--level",
-        default="medium",
-        help="codec level: lossless, f16, high, medium (default), low, lower, xlow, xxlow",
+        default="auto",
+        help="codec level: auto (default: with --bytes, --ratio or --psnr the bit depths best at "
+        "that rate, else medium), lossless, f16, high, medium, low, lower, xlow, xxlow, or bit "
+        "depths P-S-A-C (e.g. 10-5-5-7)",
     )
     p.add_argument(
         "--format",
@@ -178,7 +180,8 @@ def _fit_settings(args: argparse.Namespace) -> dict[str, Any]:
     if not 0 <= args.relocate <= 1:
         raise CLIError(f"--relocate must be in [0, 1], got {args.relocate}")
     try:
-        resolve_level(args.level)
+        if args.level != "auto":
+            resolve_level(args.level)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     return {
@@ -563,7 +566,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         image_size=size,
         n_gaussians=args.n_gaussians or d.n_gaussians,
         fit_iters=args.iters or d.fit_iters,
-        level=args.level,
+        level=d.level if args.level == "auto" else args.level,  # its shards: no rate target
         model=args.model or d.model,
         pretrained=args.pretrained,
         quick=args.quick,

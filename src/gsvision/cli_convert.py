@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--level",
         default="medium",
-        help="codec level (lossless, f16, high, medium, low, lower, xlow, xxlow)",
+        help="codec level (lossless, f16, high, medium, low, lower, xlow, xxlow, or bit depths "
+        "P-S-A-C such as 10-5-5-7; default medium)",
     )
     p.add_argument(
         "--coder",

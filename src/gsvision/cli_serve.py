@@ -127,7 +127,12 @@ def add_send_arguments(p: argparse.ArgumentParser) -> None:
         "--ratio", type=_positive_float, default=None, help="raw pixel bytes / .gsv bytes"
     )
     target.add_argument("--psnr", type=_positive_float, default=None, help="decoded PSNR (dB)")
-    p.add_argument("--level", default="medium", help="codec level (default medium)")
+    p.add_argument(
+        "--level",
+        default="auto",
+        help="codec level (default auto: with --bytes, --ratio or --psnr the bit depths best at "
+        "that rate, else medium)",
+    )
     p.add_argument(
         "--coder",
         choices=["range", "zstd"],

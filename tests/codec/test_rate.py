@@ -205,3 +205,52 @@ def test_batched_closed_loop_reports_what_each_payload_decodes_and_renders_to(le
         if budget is None:  # never worse than the plain payload
             plain = render(decode(encode(item, level)), h, w)[0].clamp(0, 1)
             assert ((picture - image) ** 2).sum() <= ((plain - image) ** 2).sum() + 1e-9
+
+
+def test_auto_level_follows_the_measured_front_by_rate_and_means_medium_otherwise():
+    from gsvision.codec.quant import resolve_level
+    from gsvision.codec.rate import _AUTO_BY_BPP, _AUTO_BY_PSNR, AUTO_OTHERWISE, auto_level
+
+    sizes = [(224, 224)]
+    by_bpp = lambda bpp: RateTarget(ratio=24 / bpp)  # noqa: E731
+    by_bytes = lambda bpp: RateTarget(bytes=round(bpp * 224 * 224 / 8))  # noqa: E731
+    by_psnr = lambda db: RateTarget(psnr=db)  # noqa: E731
+    with using_coder("range"):
+        for table, makers in ((_AUTO_BY_BPP, (by_bpp, by_bytes)), (_AUTO_BY_PSNR, (by_psnr,))):
+            tops = [top for top, _ in table]
+            assert tops == sorted(tops) and tops[-1] == float("inf")
+            for (top, level), (_, above) in zip(table, table[1:], strict=False):
+                assert isinstance(resolve_level(level), QuantSpec) and level != above
+                for make in makers:
+                    assert auto_level(make(top * 0.98), sizes) == level
+                    assert auto_level(make(top * 1.02), sizes) == above
+        # a batch's level is chosen for its smallest budget (per pixel): the 448² image here
+        (top, level), (_, above) = _AUTO_BY_BPP[:2]
+        budget = RateTarget(bytes=round(top * 1.5 * 224 * 224 / 8))
+        assert auto_level(budget, sizes) == above
+        assert auto_level(budget, [*sizes, (448, 448)]) == level
+        assert auto_level(None, sizes) == AUTO_OTHERWISE == "medium"
+    with using_coder("zstd"):  # the table is the range coder's
+        assert auto_level(by_bpp(0.2), sizes) == "medium"
+
+
+def test_auto_level_is_what_rate_control_encodes_at_and_reports():
+    from gsvision.codec.rate import auto_level
+
+    target = RateTarget(bytes=400)
+    with using_coder("range"):
+        (c,) = fit_and_encode([smooth(0)], target, iters=10, size=32)
+        chosen = auto_level(target, [(32, 32)])
+    assert c.metrics["level"] == chosen and c.metrics["reached"]
+    assert fit_and_encode([smooth(0)], None, n_gaussians=8, iters=2)[0].metrics["level"] == "medium"
+
+
+def test_levels_may_be_written_as_bit_depths():
+    from gsvision.codec.quant import resolve_level
+
+    assert resolve_level("10-5-5-7") == QuantSpec(10, 5, 5, 7)
+    s = random_splats(40)
+    assert encode(s, "11-7-6-8") == encode(s, "low")  # low is (11, 7, 6, 8)
+    for bad, message in (("10-5-5", "unknown codec level"), ("10-5-5-40", "color_bits must be")):
+        with pytest.raises(ValueError, match=message):
+            resolve_level(bad)

@@ -32,7 +32,7 @@ import torch
 
 from gsvision.bench._common import write_result
 from gsvision.codec import decode
-from gsvision.codec.quant import QuantSpec, resolve_level
+from gsvision.codec.quant import resolve_level
 from gsvision.codec.rate import encode_closed_loop_batch
 from gsvision.fit import fit
 from gsvision.fit.loop import prepare_images
@@ -104,13 +104,6 @@ def _load(names: list[str] | None, size: int) -> tuple[list[str], np.ndarray]:
     return [p.stem for p in paths], (batch * 255).round().to(torch.uint8).numpy()
 
 
-def _level(name: str) -> str | QuantSpec:
-    """A level name, or ``P-S-A-C`` bit depths for a custom :class:`QuantSpec`."""
-    if "-" in name:
-        return QuantSpec(*(int(v) for v in name.split("-")))
-    return name
-
-
 def _point(nbytes: list[int], shown: torch.Tensor, targets: torch.Tensor, raw: int) -> dict:
     p, s = psnr(shown, targets), ssim(shown, targets)
     mean = float(np.mean(nbytes))
@@ -131,7 +124,7 @@ def _encoded(r, n: int, name: str, targets: torch.Tensor, raw: int) -> dict:
     ones = [r.splats[i] for i in range(b)]
     t0 = time.perf_counter()
     # closed-loop, as `gsvision fit` and `gsvision convert` encode: one payload per image
-    payloads = encode_closed_loop_batch(ones, list(targets), _level(name))
+    payloads = encode_closed_loop_batch(ones, list(targets), name)
     enc_s = time.perf_counter() - t0
     decoded = [decode(p) for p in payloads]
     cap = max(d.capacity for d in decoded)
@@ -176,16 +169,16 @@ def probe_plan(points: list[dict], quantised: list[str]) -> dict[int, dict]:
     where the front's log-linear chord is no point anyone measured (it runs below the real curve:
     a user's ``--psnr`` fits any N). For each ladder N, each quantised level's N at the goal is
     predicted along that level's own curve (PSNR and log-bytes linear in log N between the two
-    ladder points around the goal); the cheapest prediction is the probe. Returns
-    ``{probe N: {"level", "for_n", "goal_psnr", "predicted_bytes"}}``, one probe per ladder N
-    whose goal no ladder point at that N reaches, none where a level would need extrapolating.
+    ladder points around the goal); the cheapest prediction is the probe, unless a measured point
+    already reaches the goal in fewer bytes. Returns
+    ``{probe N: {"level", "for_n", "goal_psnr", "predicted_bytes"}}``, at most one probe per ladder
+    N; a level whose curve does not cross the goal between two ladder points is not extrapolated.
     """
     plan: dict[int, dict] = {}
     by_n = {p["n"]: p for p in points if p["level"] == "f16"}
     for n0, f16 in sorted(by_n.items()):
         goal = f16["psnr"] - F16_TOLERANCE_DB
-        if any(p["n"] == n0 and p["level"] in quantised and p["psnr"] >= goal for p in points):
-            continue
+        measured = [p["bytes"] for p in points if p["level"] in quantised and p["psnr"] >= goal]
         best = None
         for level in quantised:
             curve = sorted((p for p in points if p["level"] == level), key=lambda p: p["n"])
@@ -197,7 +190,9 @@ def probe_plan(points: list[dict], quantised: list[str]) -> dict[int, dict]:
                     if best is None or nbytes < best[2]:
                         best = (math.ceil(n), level, nbytes)
                     break
-        if best is not None and best[0] not in by_n and best[0] not in plan:
+        if best is None or best[2] >= min(measured, default=math.inf):
+            continue  # no prediction, or a measured point already reaches the goal for less
+        if best[0] not in by_n and best[0] not in plan:
             plan[best[0]] = {
                 "level": best[1],
                 "for_n": n0,
@@ -492,7 +487,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--levels needs f16 (the reference) and at least one quantised level")
     for lv in args.levels:  # fail early on a bad level
         try:
-            resolve_level(_level(lv))
+            resolve_level(lv)
         except (TypeError, ValueError) as exc:
             ap.error(f"--levels: {exc}")
     from gsvision.codec import using_coder

@@ -28,6 +28,7 @@ quantisation-aware fine-tuning in the fitter was measured and lost PSNR in every
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -93,13 +94,20 @@ LEVELS: dict[str, QuantSpec | str] = {
 
 
 def resolve_level(level: str | QuantSpec) -> QuantSpec | str:
-    """``"float32"``, ``"float16"`` or a checked :class:`QuantSpec` for a level name or spec."""
+    """``"float32"``, ``"float16"`` or a checked :class:`QuantSpec` for a level: a name, bit
+    depths written ``"P-S-A-C"`` (positions, scales, anisotropy/angle, colours: ``"10-5-5-7"``)
+    or a spec."""
     if isinstance(level, QuantSpec):
         return level.check()
     if isinstance(level, str) and level in LEVELS:
         found = LEVELS[level]
         return found.check() if isinstance(found, QuantSpec) else found
-    raise ValueError(f"unknown codec level {level!r}; choose from {sorted(LEVELS)} or a QuantSpec")
+    if isinstance(level, str) and re.fullmatch(r"\d{1,2}-\d{1,2}-\d{1,2}-\d{1,2}", level):
+        return QuantSpec(*(int(v) for v in level.split("-"))).check()
+    raise ValueError(
+        f"unknown codec level {level!r}; choose from {sorted(LEVELS)}, bit depths 'P-S-A-C' "
+        "(e.g. '10-5-5-7') or a QuantSpec"
+    )
 
 
 @dataclass

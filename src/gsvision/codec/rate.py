@@ -7,6 +7,10 @@
   fitting only the images not yet good enough with an early stop a little above the target (the
   level's quantisation loss); the first rung whose *decoded* PSNR reaches the target is kept.
 
+- ``level="auto"`` (the default): with a target and the range coder, the bit depths that the
+  rate–distortion benchmark found best at that rate (:func:`auto_level`: coarser bits at more
+  Gaussians at low rates, finer at high); without a target, ``medium``.
+
 PSNR is always measured on the decoded payload, i.e. what a receiver sees.
 """
 
@@ -36,6 +40,7 @@ from gsvision.splats import Splats
 __all__ = [
     "RateTarget",
     "CodedImage",
+    "auto_level",
     "bytes_per_gaussian",
     "encode_closed_loop",
     "encode_closed_loop_batch",
@@ -65,6 +70,9 @@ _BYTES_PER_GAUSSIAN_RANGE = {  # (per Gaussian fitted: the closed loop drops a f
     "lower": 5.8,
     "xlow": 5.0,
     "xxlow": 4.6,
+    "10-5-6-7": 4.85,  # bit depths that `level="auto"` picks (below)
+    "10-5-5-7": 4.6,
+    "9-5-5-7": 4.35,
 }
 _QUANT_LOSS_DB = {
     "float32": 0.0,
@@ -75,7 +83,35 @@ _QUANT_LOSS_DB = {
     "lower": 0.6,
     "xlow": 1.1,
     "xxlow": 2.0,
+    "10-5-6-7": 1.3,
+    "10-5-5-7": 1.7,
+    "9-5-5-7": 2.4,
 }
+#: What ``level="auto"`` stands for with a rate target and the range coder: the level whose
+#: rate–distortion curve (PSNR against bytes, over N = 96-3,136) is highest at the budget's bits
+#: per pixel, or cheapest at the PSNR goal, in `gsvision bench codec` (six photos at 224², range
+#: coder, 2026-11-27; docs/benchmarks.md). At 0.2-0.45 bpp `9-5-5-7` beats `medium` by 1.0-1.2
+#: dB at equal bytes and `xxlow` by 0.04-0.09; 10-5-5-7 and 10-5-6-7 tie within 0.05 dB at
+#: 0.45-0.9 bpp. Beyond the measured rates (2.7 bpp), ``medium``. Each entry: (up to, level).
+_AUTO_BY_BPP = (
+    (0.45, "9-5-5-7"),
+    (0.9, "10-5-6-7"),
+    (1.35, "xlow"),
+    (2.05, "low"),
+    (2.7, "lower"),
+    (math.inf, "medium"),
+)
+_AUTO_BY_PSNR = (
+    (31.9, "9-5-5-7"),
+    (34.9, "10-5-6-7"),
+    (36.8, "xlow"),
+    (38.9, "low"),
+    (40.3, "lower"),
+    (math.inf, "medium"),
+)
+#: What ``"auto"`` means without a target, or with the zstd coder (whose closed loop neither
+#: refines the geometry nor chooses colour codes, so coarse bit depths lose more).
+AUTO_OTHERWISE = "medium"
 #: Whether the closed loop chooses colour codes for the image (codec/colour_rd.py: +0.03 dB at
 #: ``medium``, +0.15-0.3 dB at 7-8 colour bits) or rounds them. ``None``: only where bytes are the
 #: point, i.e. with the range coder (``.gsv`` files, the edge client); it costs ~0.3 s of CPU per
@@ -139,7 +175,7 @@ class CodedImage:
 
 
 def _key(level: str | QuantSpec) -> str | None:
-    """The table key of a named level (``None`` for a custom :class:`QuantSpec`)."""
+    """The table key of a level given by name or ``"P-S-A-C"`` (``None`` for a QuantSpec)."""
     how = resolve_level(level)
     if isinstance(how, str):
         return how
@@ -147,13 +183,13 @@ def _key(level: str | QuantSpec) -> str | None:
 
 
 def bytes_per_gaussian(level: str | QuantSpec) -> float:
-    """The measured (or, for a custom spec, estimated) payload bytes per Gaussian of a level,
-    with the coder :func:`encode` uses here (:func:`~gsvision.codec.current_coder`)."""
+    """The measured (or, for a spec not in the table, estimated) payload bytes per Gaussian of a
+    level, with the coder :func:`encode` uses here (:func:`~gsvision.codec.current_coder`)."""
     table = _BYTES_PER_GAUSSIAN
     if current_coder() == "range":
         table = {**table, **_BYTES_PER_GAUSSIAN_RANGE}
     key = _key(level)
-    if key is not None:
+    if key in table:
         return table[key]
     spec = resolve_level(level)  # scale the medium level's cost by the bits spent
     bits = spec.pos_bits * 1.4 + 2 * spec.scale_bits + spec.angle_bits + 3 * spec.color_bits
@@ -167,8 +203,33 @@ def _overhead(level: str | QuantSpec) -> int:
 
 
 def _quant_loss(level: str | QuantSpec) -> float:
-    key = _key(level)
-    return _QUANT_LOSS_DB[key] if key is not None else 0.3
+    return _QUANT_LOSS_DB.get(_key(level), 0.3)
+
+
+def auto_level(target: RateTarget | None, sizes: Sequence[tuple[int, int]]) -> str:
+    """The level ``"auto"`` stands for: with a byte or ratio target, the level of the measured
+    rate–distortion front at the smallest budget's bits per pixel; with a PSNR target, at the goal;
+    :data:`AUTO_OTHERWISE` without a target or with the zstd coder (see :data:`_AUTO_BY_BPP`)."""
+    target = (target or RateTarget()).check()
+    if target.kind is None or current_coder() != "range":
+        return AUTO_OTHERWISE
+    if target.kind == "psnr":
+        rate, table = float(target.psnr), _AUTO_BY_PSNR
+    else:
+        rate = min(8 * target.budget(h, w) / (h * w) for h, w in sizes)
+        table = _AUTO_BY_BPP
+    return next(level for top, level in table if rate <= top)
+
+
+def _chosen(level: str | QuantSpec, target: RateTarget, images, size) -> str | QuantSpec:
+    """``level``, or what ``"auto"`` stands for with this target and these images."""
+    if level != "auto":
+        resolve_level(level)
+        return level
+    from gsvision.fit.loop import prepare_images
+
+    sizes = prepare_images(images, size)[1] if target.kind in ("bytes", "ratio") else []
+    return auto_level(target, [(int(h), int(w)) for h, w in sizes])
 
 
 def trim_to_bytes(splats: Splats, budget: int, level: str | QuantSpec) -> tuple[Splats, bytes]:
@@ -420,7 +481,7 @@ def _better(a: bytes, b: bytes, image: Tensor) -> bytes:
 def fit_and_encode(
     images: Sequence[Any] | Tensor,
     target: RateTarget | None = None,
-    level: str | QuantSpec = "medium",
+    level: str | QuantSpec = "auto",
     n_gaussians: int = 1024,
     **fit_kwargs: Any,
 ) -> list[CodedImage]:
@@ -429,7 +490,8 @@ def fit_and_encode(
     Args:
         images: as for :func:`gsvision.fit`.
         target: the rate target; ``None`` fits ``n_gaussians`` and encodes at ``level``.
-        level: codec level (name or :class:`QuantSpec`).
+        level: codec level (name, ``"P-S-A-C"`` bit depths or :class:`QuantSpec`); ``"auto"``:
+            with a target, the bit depths best at its rate (:func:`auto_level`), else medium.
         n_gaussians: Gaussians per image without a target; the upper end of the ladder with a
             ``psnr`` target; ignored with a byte target (the budget sets it).
         fit_kwargs: passed to :func:`gsvision.fit` (``iters``, ``size``, ``backend``, ...).
@@ -441,9 +503,9 @@ def fit_and_encode(
         ValueError: for a bad target, a budget too small for one Gaussian, or what fit() rejects.
     """
     target = (target or RateTarget()).check()
-    resolve_level(level)
     if isinstance(images, (Tensor, np.ndarray)) and images.ndim == 3:
         images = [images]
+    level = _chosen(level, target, images, fit_kwargs.get("size"))
     if target.psnr is not None:
         return _fit_to_psnr(images, target.psnr, level, n_gaussians, fit_kwargs)
     return fit_then_encoder(images, target, level, n_gaussians, **fit_kwargs)()
@@ -452,7 +514,7 @@ def fit_and_encode(
 def fit_then_encoder(
     images: Sequence[Any] | Tensor,
     target: RateTarget | None = None,
-    level: str | QuantSpec = "medium",
+    level: str | QuantSpec = "auto",
     n_gaussians: int = 1024,
     **fit_kwargs: Any,
 ) -> Callable[[], list[CodedImage]]:
@@ -469,9 +531,9 @@ def fit_then_encoder(
         raise ValueError(
             "fit_then_encoder: a PSNR target needs fit_and_encode (it encodes to decide)"
         )
-    resolve_level(level)
     if isinstance(images, (Tensor, np.ndarray)) and images.ndim == 3:
         images = [images]
+    level = _chosen(level, target, images, fit_kwargs.get("size"))
     budgets = None
     if target.kind is not None:
         n_gaussians, budgets = _budget_n(images, target, level, fit_kwargs)

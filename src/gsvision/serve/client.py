@@ -219,7 +219,7 @@ class EdgeClient:
         bytes: int | None = None,
         ratio: float | None = None,
         psnr: float | None = None,
-        level: str = "medium",
+        level: str = "auto",
         jpeg_quality: int = 90,
         batch: int = 16,
         coder: str = "range",
