@@ -24,8 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--level",
         default="medium",
-        help="codec level (lossless, f16, high, medium, low, lower, xlow, xxlow, or bit depths "
-        "P-S-A-C such as 10-5-5-7; default medium)",
+        help="codec level (lossless, f16, high, medium, low, lower, xlow, xxlow, bit depths "
+        "P-S-A-C such as 10-5-5-7, or auto: with a rate target and --coder range, the bit depths "
+        "best at that rate; default medium)",
     )
     p.add_argument(
         "--coder",

@@ -98,21 +98,25 @@ def test_probe_plan_predicts_each_levels_n_at_the_goal_and_takes_the_cheapest():
     assert probe_plan([*LADDER, _pt(100, "low", 29.95, 450)], ["low", "xxlow"]) == {}
 
 
-def test_probe_points_fit_and_encode_the_plan():
+def test_probe_points_fit_and_encode_the_plan_and_step_again_when_short():
     from argparse import Namespace
 
     from gsvision.bench.codec import _load, _probe_points
 
     names, u8 = _load(["coffee"], 32)
-    ladder = [
-        _pt(8, "f16", 20.0),
-        _pt(16, "f16", 22.0),
-        _pt(8, "xxlow", 18.0, 60),
-        _pt(16, "xxlow", 21.0, 90),
+    ladder = [  # a goal (39.9 dB) that a 5-iteration fit at 32² cannot reach
+        _pt(8, "f16", 40.0),
+        _pt(24, "f16", 46.0),
+        _pt(8, "xxlow", 30.0, 60),
+        _pt(24, "xxlow", 45.0, 150),
     ]
     args = Namespace(iters=5, size=32, seed=0)
-    (probe,) = _probe_points(u8, args, ladder, ["xxlow"])
-    # 8·2^(1.9/3) ≈ 12.4 Gaussians, rounded up
-    assert probe["probe"] and probe["n"] == 13 and probe["level"] == "xxlow"
-    assert probe["for_n"] == 8 and probe["bytes"] > 0 and math.isfinite(probe["psnr"])
-    assert probe["fit_seconds"] > 0 and probe["bytes_per_gaussian"] == probe["bytes"] / 13
+    first, second = _probe_points(u8, args, ladder, ["xxlow"])
+    assert first["n"] == 17  # 8·3^(9.9/15) ≈ 16.5 Gaussians, rounded up
+    assert first["probe"] and first["level"] == "xxlow" and first["attempt"] == 1
+    assert first["for_n"] == 8 and first["bytes"] > 0 and 10 < first["psnr"] < 39.9
+    assert first["fit_seconds"] > 0 and first["bytes_per_gaussian"] == first["bytes"] / 17
+    # short of the goal: once more between the probe and the ladder's 24, never past it
+    assert second["attempt"] == 2 and 17 < second["n"] < 24 and second["for_n"] == 8
+    t = (39.9 - first["psnr"]) / (45.0 - first["psnr"])
+    assert second["n"] == math.ceil(17 * (24 / 17) ** t)

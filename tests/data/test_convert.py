@@ -130,6 +130,17 @@ def test_shards_use_the_fast_coder_unless_asked(tmp_path):
         convert(pattern, tmp_path / "zstd", ConvertConfig(**{**TINY.__dict__, "coder": "range"}))
 
 
+def test_auto_level_with_the_range_coder_chooses_the_bit_depths_for_the_budget(tmp_path):
+    make_image_text_shards(tmp_path / "in", shards=1, per_shard=2)
+    cfg = ConvertConfig(**{**TINY.__dict__, "coder": "range", "level": "auto", "bytes": 100})
+    convert(str(tmp_path / "in" / "00000.tar"), tmp_path / "o", cfg)
+    samples = list(iter_samples(str(tmp_path / "o" / "00000.tar")))
+    assert len(samples) == 2
+    for s in samples:  # 100 bytes for 32² pixels: 0.78 bits per pixel
+        meta = json.loads(s.files["json"])
+        assert meta["gsvision"]["level"] == "10-5-6-7" and len(s.files["gsv"]) <= 100
+
+
 def test_rerun_skips_complete_shards_and_redoes_partial_ones(tmp_path):
     make_image_text_shards(tmp_path / "in", shards=3, per_shard=3)
     pattern = str(tmp_path / "in" / "{00000..00002}.tar")

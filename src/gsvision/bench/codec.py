@@ -161,6 +161,14 @@ def _gsvision_points(u8: np.ndarray, args) -> tuple[list[dict], list[dict]]:
     return fits, points
 
 
+def _at_goal(a: dict, b: dict, goal: float) -> tuple[int, float]:
+    """The N (rounded up) and bytes at which PSNR reaches ``goal`` between two points of one
+    level, PSNR and log-bytes taken linear in log N."""
+    t = (goal - a["psnr"]) / (b["psnr"] - a["psnr"])
+    n = math.exp((1 - t) * math.log(a["n"]) + t * math.log(b["n"]))
+    return math.ceil(n), math.exp((1 - t) * math.log(a["bytes"]) + t * math.log(b["bytes"]))
+
+
 def probe_plan(points: list[dict], quantised: list[str]) -> dict[int, dict]:
     """Where to fit once more so the float16 comparison reads a measured point, not a chord.
 
@@ -184,11 +192,9 @@ def probe_plan(points: list[dict], quantised: list[str]) -> dict[int, dict]:
             curve = sorted((p for p in points if p["level"] == level), key=lambda p: p["n"])
             for a, b in zip(curve, curve[1:], strict=False):
                 if a["psnr"] < goal <= b["psnr"]:
-                    t = (goal - a["psnr"]) / (b["psnr"] - a["psnr"])
-                    n = math.exp((1 - t) * math.log(a["n"]) + t * math.log(b["n"]))
-                    nbytes = math.exp((1 - t) * math.log(a["bytes"]) + t * math.log(b["bytes"]))
+                    n, nbytes = _at_goal(a, b, goal)
                     if best is None or nbytes < best[2]:
-                        best = (math.ceil(n), level, nbytes)
+                        best = (n, level, nbytes)
                     break
         if best is None or best[2] >= min(measured, default=math.inf):
             continue  # no prediction, or a measured point already reaches the goal for less
@@ -203,21 +209,33 @@ def probe_plan(points: list[dict], quantised: list[str]) -> dict[int, dict]:
 
 
 def _probe_points(u8: np.ndarray, args, points: list[dict], quantised: list[str]) -> list[dict]:
-    """Fits and encodes the :func:`probe_plan`; its points are marked ``probe``."""
+    """Fits and encodes the :func:`probe_plan`; its points are marked ``probe``. A probe that
+    falls short of its goal is followed by one more, predicted between it and its level's next
+    ladder point (a secant step)."""
     targets = torch.from_numpy(u8).float() / 255
     raw = 3 * targets.shape[1] * targets.shape[2]
+    ladder = {p["n"] for p in points}
     probes = []
     for n, plan in sorted(probe_plan(points, quantised).items()):
-        r, row = _fitted(u8, n, args)
-        p = _encoded(r, n, plan["level"], targets, raw) | {"probe": True, **plan}
-        p["fit_seconds"], p["fit_psnr"] = row["fit_seconds"], row["fit_psnr"]
-        probes.append(p)
-        print(
-            f"  probe n={n} {plan['level']} for N={plan['for_n']}: {p['bytes']:.0f} B "
-            f"(predicted {plan['predicted_bytes']:.0f}), {p['psnr']:.3f} dB "
-            f"(goal {plan['goal_psnr']:.3f})",
-            flush=True,
-        )
+        level, goal = plan["level"], plan["goal_psnr"]
+        curve = sorted((p for p in points if p["level"] == level), key=lambda p: p["n"])
+        for attempt in (1, 2):
+            r, row = _fitted(u8, n, args)
+            p = _encoded(r, n, level, targets, raw) | {"probe": True, **plan, "attempt": attempt}
+            p["fit_seconds"], p["fit_psnr"] = row["fit_seconds"], row["fit_psnr"]
+            probes.append(p)
+            print(
+                f"  probe n={n} {level} for N={plan['for_n']}: {p['bytes']:.0f} B "
+                f"(predicted {plan['predicted_bytes']:.0f}), {p['psnr']:.3f} dB (goal {goal:.3f})",
+                flush=True,
+            )
+            above = next((q for q in curve if q["n"] > n and q["psnr"] >= goal), None)
+            if p["psnr"] >= goal or above is None:
+                break
+            n, predicted = _at_goal(p, above, goal)
+            if n in ladder or any(q["n"] == n for q in probes):
+                break
+            plan = plan | {"predicted_bytes": predicted}
     return probes
 
 
@@ -277,7 +295,7 @@ def _f16_comparison(fits: list[dict], points: list[dict], quantised: list[str]) 
             p for p in points if p["n"] == n and p["level"] in quantised and p["psnr"] >= goal
         ]
         best = min(same_n, key=lambda p: p["bytes"]) if same_n else None
-        probe = next((p for p in points if p.get("probe") and p["for_n"] == n), None)
+        probes = [p for p in points if p.get("probe") and p["for_n"] == n]
         rows.append(
             {
                 "n": n,
@@ -291,7 +309,7 @@ def _f16_comparison(fits: list[dict], points: list[dict], quantised: list[str]) 
                 "ratio_vs_f16_level": None if nbytes is None else f16["bytes"] / nbytes,
                 "same_n_best": None if best is None else _label(best),
                 "same_n_ratio_vs_plain_f16": None if best is None else 16 * n / best["bytes"],
-                "probe": None if probe is None else _label(probe),
+                "probes": [_label(p) | {"attempt": p["attempt"]} for p in probes],
             }
         )
     ratios = [r["ratio_vs_plain_f16"] for r in rows if r["ratio_vs_plain_f16"] is not None]

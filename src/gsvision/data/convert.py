@@ -201,7 +201,8 @@ def _check_config(cfg: ConvertConfig) -> None:
     from gsvision.codec.quant import resolve_level
     from gsvision.codec.rate import RateTarget
 
-    resolve_level(cfg.level)
+    if cfg.level != "auto":  # the rate control's choice (codec/rate.py: auto_level)
+        resolve_level(cfg.level)
     RateTarget(cfg.bytes, cfg.ratio, cfg.psnr).check()
     if cfg.coder not in ("range", "zstd"):
         raise ValueError(f'coder must be "range" or "zstd", got {cfg.coder!r}')
