@@ -447,10 +447,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--levels",
         nargs="+",
-        # the presets, and (10, 5, 6, 7), (10, 5, 5, 7) and (9, 5, 5, 7): with the range coder's
-        # size-scaled colour steps 5-bit log sizes beat 6, and at N = 170-1,100 five anisotropy
-        # bits at more Gaussians beat six at fewer (xxlow's 9-bit positions lose 0.27 dB to
-        # 10-5-5-7 at N = 1,100); (11, 5, 6, 7) was never on the front (xlow beats it)
+        # the presets, and (10, 5, 6, 7), (11, 5, 6, 7), (10, 5, 5, 7) and (9, 5, 5, 7): with the
+        # range coder's size-scaled colour steps 5-bit log sizes beat 6; 11-5-6-7 is on the front
+        # at N = 2,400-3,136, and at N = 170-1,100 five anisotropy bits at more Gaussians beat
+        # six at fewer (xxlow's 9-bit positions lose 0.27 dB to 10-5-5-7 at N = 1,100)
         default=[
             "f16",
             "high",
@@ -460,9 +460,10 @@ def main(argv: list[str] | None = None) -> dict:
             "xlow",
             "xxlow",
             "10-5-6-7",
+            "11-5-6-7",
             "10-5-5-7",
             "9-5-5-7",
-        ],  # fmt: skip
+        ],
         help="codec levels, or P-S-A-C bit depths for a custom QuantSpec (f16 is the reference)",
     )
     ap.add_argument(
