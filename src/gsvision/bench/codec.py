@@ -7,9 +7,10 @@ shipped photos (the fitter's own crops, rounded to 8 bits, so every method sees 
   re-solved for the quantised geometry); each point is the payload a receiver gets, decoded and
   rendered. Bytes are a standalone single-image ``.gsv`` file (image record + file header + CRC).
   The reference "plain float16 layout" is the paper's 8 numbers per Gaussian, ``16 · N`` bytes.
-  Then, for each ladder N whose float16 PSNR (− 0.1 dB) no quantised point at that N reaches, one
-  more fit at the N predicted to reach it at the fewest bytes (:func:`probe_plan`), so the
-  float16 comparison reads a measured point rather than a chord between two ladder points.
+  Then, for each ladder N, one more fit at the N predicted to reach its float16 PSNR (− 0.1 dB)
+  in the fewest bytes (:func:`probe_plan`; skipped where a measured point already does it for
+  less, followed by one secant step where it falls short), so the float16 comparison reads a
+  measured point rather than a chord between two ladder points.
 - ``jpeg`` / ``webp`` / ``avif``: Pillow at several qualities (where its build has the codec).
 
 The gsvision curve is the Pareto front (most PSNR for the bytes) of its quantised points; every
