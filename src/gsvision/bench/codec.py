@@ -451,7 +451,9 @@ def main(argv: list[str] | None = None) -> dict:
         # the presets, and (10, 5, 6, 7), (11, 5, 6, 7), (10, 5, 5, 7) and (9, 5, 5, 7): with the
         # range coder's size-scaled colour steps 5-bit log sizes beat 6; 11-5-6-7 is on the front
         # at N = 2,400-3,136, and at N = 170-1,100 five anisotropy bits at more Gaussians beat
-        # six at fewer (xxlow's 9-bit positions lose 0.27 dB to 10-5-5-7 at N = 1,100)
+        # six at fewer (xxlow's 9-bit positions lose 0.27 dB to 10-5-5-7 at N = 1,100); at
+        # N = 100-140, 8-5-5-6 is 0.07-0.18 dB above 9-5-5-7 at equal bytes (0.1-0.2 lost to
+        # 6-bit colours at N = 400)
         default=[
             "f16",
             "high",
@@ -464,6 +466,7 @@ def main(argv: list[str] | None = None) -> dict:
             "11-5-6-7",
             "10-5-5-7",
             "9-5-5-7",
+            "8-5-5-6",
         ],
         help="codec levels, or P-S-A-C bit depths for a custom QuantSpec (f16 is the reference)",
     )

@@ -221,15 +221,21 @@ def auto_level(target: RateTarget | None, sizes: Sequence[tuple[int, int]]) -> s
     return next(level for top, level in table if rate <= top)
 
 
-def _chosen(level: str | QuantSpec, target: RateTarget, images, size) -> str | QuantSpec:
-    """``level``, or what ``"auto"`` stands for with this target and these images."""
+def _chosen(level: str | QuantSpec, target: RateTarget, sizes: Tensor | None) -> str | QuantSpec:
+    """``level``, or what ``"auto"`` stands for with this target and these image sizes."""
     if level != "auto":
         resolve_level(level)
         return level
+    return auto_level(target, [] if sizes is None else [(int(h), int(w)) for h, w in sizes])
+
+
+def _sizes(images, target: RateTarget, size) -> Tensor | None:
+    """The images' sizes as fitted (``[B, 2]``), where a byte or ratio target needs them."""
+    if target.kind not in ("bytes", "ratio"):
+        return None
     from gsvision.fit.loop import prepare_images
 
-    sizes = prepare_images(images, size)[1] if target.kind in ("bytes", "ratio") else []
-    return auto_level(target, [(int(h), int(w)) for h, w in sizes])
+    return prepare_images(images, size)[1]
 
 
 def trim_to_bytes(splats: Splats, budget: int, level: str | QuantSpec) -> tuple[Splats, bytes]:
@@ -505,8 +511,8 @@ def fit_and_encode(
     target = (target or RateTarget()).check()
     if isinstance(images, (Tensor, np.ndarray)) and images.ndim == 3:
         images = [images]
-    level = _chosen(level, target, images, fit_kwargs.get("size"))
     if target.psnr is not None:
+        level = _chosen(level, target, None)
         return _fit_to_psnr(images, target.psnr, level, n_gaussians, fit_kwargs)
     return fit_then_encoder(images, target, level, n_gaussians, **fit_kwargs)()
 
@@ -533,19 +539,17 @@ def fit_then_encoder(
         )
     if isinstance(images, (Tensor, np.ndarray)) and images.ndim == 3:
         images = [images]
-    level = _chosen(level, target, images, fit_kwargs.get("size"))
+    sizes = _sizes(images, target, fit_kwargs.get("size"))  # the images are read once here
+    level = _chosen(level, target, sizes)
     budgets = None
-    if target.kind is not None:
-        n_gaussians, budgets = _budget_n(images, target, level, fit_kwargs)
+    if sizes is not None:
+        n_gaussians, budgets = _budget_n(sizes, target, level)
     result = fit(images, n_gaussians, **fit_kwargs)
     return lambda: _coded_batch(result, level, target, budgets)
 
 
-def _budget_n(images, target: RateTarget, level, fit_kwargs) -> tuple[int, list[int]]:
+def _budget_n(sizes: Tensor, target: RateTarget, level) -> tuple[int, list[int]]:
     """Gaussians per image for a byte budget (the smallest image's), and each image's budget."""
-    from gsvision.fit.loop import prepare_images
-
-    _, sizes = prepare_images(images, fit_kwargs.get("size"))
     budgets = [target.budget(int(h), int(w)) for h, w in sizes]
     smallest = min(budgets)
     overhead = _overhead(level)
