@@ -3,7 +3,13 @@ import math
 
 import pytest
 
-from gsvision.bench.codec import bytes_for_psnr, interp_at_bytes, pareto_front, probe_plan
+from gsvision.bench.codec import (
+    bytes_for_psnr,
+    interp_at_bytes,
+    pareto_front,
+    probe_plan,
+    retry_at,
+)
 from gsvision.cli import main
 
 
@@ -116,7 +122,17 @@ def test_probe_points_fit_and_encode_the_plan_and_step_again_when_short():
     assert first["probe"] and first["level"] == "xxlow" and first["attempt"] == 1
     assert first["for_n"] == 8 and first["bytes"] > 0 and 10 < first["psnr"] < 39.9
     assert first["fit_seconds"] > 0 and first["bytes_per_gaussian"] == first["bytes"] / 17
-    # short of the goal: once more between the probe and the ladder's 24, never past it
+    # short of the goal: once more between the probe and the ladder's 24 (never past it), aimed
+    # a little past the goal
     assert second["attempt"] == 2 and 17 < second["n"] < 24 and second["for_n"] == 8
-    t = (39.9 - first["psnr"]) / (45.0 - first["psnr"])
-    assert second["n"] == math.ceil(17 * (24 / 17) ** t)
+    assert (second["n"], second["predicted_bytes"]) == retry_at(first, ladder[3], 39.9)
+
+
+def test_a_second_probe_aims_a_little_past_the_goal_and_never_past_the_ladder():
+    from gsvision.bench.codec import RETRY_PAST_GOAL_DB
+
+    short, above = _pt(100, "xxlow", 29.0, 500), _pt(200, "xxlow", 31.0, 900)
+    assert RETRY_PAST_GOAL_DB == 0.05
+    n, nbytes = retry_at(short, above, 29.9)  # aims at 29.95 dB: t = 0.475 along the chord
+    assert n == math.ceil(100 * 2**0.475) == 139 and nbytes == pytest.approx(500 * 1.8**0.475)
+    assert retry_at(short, above, 30.98) == (200, pytest.approx(900))  # capped at the ladder's

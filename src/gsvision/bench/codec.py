@@ -9,8 +9,8 @@ shipped photos (the fitter's own crops, rounded to 8 bits, so every method sees 
   The reference "plain float16 layout" is the paper's 8 numbers per Gaussian, ``16 · N`` bytes.
   Then, for each ladder N, one more fit at the N predicted to reach its float16 PSNR (− 0.1 dB)
   in the fewest bytes (:func:`probe_plan`; skipped where a measured point already does it for
-  less, followed by one secant step where it falls short), so the float16 comparison reads a
-  measured point rather than a chord between two ladder points.
+  less, followed by one secant step aimed a little past the goal where it falls short), so the
+  float16 comparison reads a measured point rather than a chord between two ladder points.
 - ``jpeg`` / ``webp`` / ``avif``: Pillow at several qualities (where its build has the codec).
 
 The gsvision curve is the Pareto front (most PSNR for the bytes) of its quantised points; every
@@ -55,6 +55,10 @@ QUALITIES = {
 JPEG_MARGIN_DB = 1.0  # target: PSNR ≥ JPEG's + 1 dB at equal bytes, 0.2–1 bpp
 WEBP_MARGIN_DB = -0.5  # target: within 0.5 dB of WebP's
 F16_TOLERANCE_DB = 0.1  # target: the float16 PSNR (within 0.1 dB) in ≥ 3x fewer bytes
+# A probe's second attempt aims this far past the goal: two fits a Gaussian apart differ by up
+# to ~0.1 dB at small N, so a secant step aimed at the goal itself lands short about half the
+# time, and the front then reads a long chord to the next ladder point instead.
+RETRY_PAST_GOAL_DB = 0.05
 F16_RATIO_TARGET = 3.0
 RAW_RATIO_TARGET = (5.0, 100.0)
 
@@ -170,6 +174,13 @@ def _at_goal(a: dict, b: dict, goal: float) -> tuple[int, float]:
     return math.ceil(n), math.exp((1 - t) * math.log(a["bytes"]) + t * math.log(b["bytes"]))
 
 
+def retry_at(short: dict, above: dict, goal: float) -> tuple[int, float]:
+    """The N and predicted bytes of a second probe after ``short`` missed ``goal``: between it
+    and ``above`` (a ladder point of its level past the goal), aimed :data:`RETRY_PAST_GOAL_DB`
+    past the goal but never past ``above``."""
+    return _at_goal(short, above, min(goal + RETRY_PAST_GOAL_DB, above["psnr"]))
+
+
 def probe_plan(points: list[dict], quantised: list[str]) -> dict[int, dict]:
     """Where to fit once more so the float16 comparison reads a measured point, not a chord.
 
@@ -212,7 +223,7 @@ def probe_plan(points: list[dict], quantised: list[str]) -> dict[int, dict]:
 def _probe_points(u8: np.ndarray, args, points: list[dict], quantised: list[str]) -> list[dict]:
     """Fits and encodes the :func:`probe_plan`; its points are marked ``probe``. A probe that
     falls short of its goal is followed by one more, predicted between it and its level's next
-    ladder point (a secant step)."""
+    ladder point (a secant step) to reach :data:`RETRY_PAST_GOAL_DB` past the goal."""
     targets = torch.from_numpy(u8).float() / 255
     raw = 3 * targets.shape[1] * targets.shape[2]
     ladder = {p["n"] for p in points}
@@ -233,7 +244,7 @@ def _probe_points(u8: np.ndarray, args, points: list[dict], quantised: list[str]
             above = next((q for q in curve if q["n"] > n and q["psnr"] >= goal), None)
             if p["psnr"] >= goal or above is None:
                 break
-            n, predicted = _at_goal(p, above, goal)
+            n, predicted = retry_at(p, above, goal)
             if n in ladder or any(q["n"] == n for q in probes):
                 break
             plan = plan | {"predicted_bytes": predicted}
