@@ -73,6 +73,7 @@ _BYTES_PER_GAUSSIAN_RANGE = {  # (per Gaussian fitted: the closed loop drops a f
     "10-5-6-7": 4.85,  # bit depths that `level="auto"` picks (below)
     "10-5-5-7": 4.6,
     "9-5-5-7": 4.35,
+    "8-5-5-6": 3.8,
 }
 _QUANT_LOSS_DB = {
     "float32": 0.0,
@@ -86,14 +87,17 @@ _QUANT_LOSS_DB = {
     "10-5-6-7": 1.3,
     "10-5-5-7": 1.7,
     "9-5-5-7": 2.4,
+    "8-5-5-6": 4.0,
 }
 #: What ``level="auto"`` stands for with a rate target and the range coder: the level whose
 #: rate–distortion curve (PSNR against bytes, over N = 96-3,136) is highest at the budget's bits
 #: per pixel, or cheapest at the PSNR goal, in `gsvision bench codec` (six photos at 224², range
 #: coder, 2026-11-27; docs/benchmarks.md). At 0.2-0.45 bpp `9-5-5-7` beats `medium` by 1.0-1.2
 #: dB at equal bytes and `xxlow` by 0.04-0.09; 10-5-5-7 and 10-5-6-7 tie within 0.05 dB at
-#: 0.45-0.9 bpp. Beyond the measured rates (2.7 bpp), ``medium``. Each entry: (up to, level).
+#: 0.45-0.9 bpp; below 0.12 bpp (N ≈ 100-140 at 224²) `8-5-5-6` is 0.03-0.18 dB above
+#: `9-5-5-7`. Beyond the measured rates (2.7 bpp), ``medium``. Each entry: (up to, level).
 _AUTO_BY_BPP = (
+    (0.12, "8-5-5-6"),
     (0.45, "9-5-5-7"),
     (0.9, "10-5-6-7"),
     (1.35, "xlow"),
@@ -102,6 +106,7 @@ _AUTO_BY_BPP = (
     (math.inf, "medium"),
 )
 _AUTO_BY_PSNR = (
+    (26.2, "8-5-5-6"),
     (31.9, "9-5-5-7"),
     (34.9, "10-5-6-7"),
     (36.8, "xlow"),
