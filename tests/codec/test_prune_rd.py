@@ -9,7 +9,7 @@ from codec_cases import smooth_image
 
 from gsvision.codec import decode, using_coder
 from gsvision.codec import rate as rate_mod
-from gsvision.codec.prune_rd import KAPPA, rd_pruned, removal_costs
+from gsvision.codec.prune_rd import kappa_for, rd_pruned, removal_costs
 from gsvision.codec.quant import QuantSpec
 from gsvision.fit import fit
 from gsvision.raster import render
@@ -82,7 +82,7 @@ def test_padding_costs_nothing_and_images_are_judged_alone():
 def test_pruning_drops_exactly_what_costs_less_than_kappa_mean_error():
     splats, images = _random(2, 40, seed=3)
     costs, errors = removal_costs(splats, images)
-    for kappa in (0.0, 0.5, KAPPA):
+    for kappa in (0.0, 0.5, 1.5):
         kept, dropped = rd_pruned(splats, images, kappa)
         for b in range(2):
             worth = costs[b] >= kappa * errors[b] / 40
@@ -92,6 +92,21 @@ def test_pruning_drops_exactly_what_costs_less_than_kappa_mean_error():
             assert torch.equal(kept.means[b, :n], splats.means[b][worth])  # order kept
             assert torch.equal(kept.opacities[b, :n], splats.opacities[b][worth])
             assert kept.capacity == splats.capacity
+
+
+def test_the_default_threshold_grows_with_the_number_of_gaussians():
+    n = torch.tensor([1, 100, 200, 400, 800, 1600, 3136])
+    assert kappa_for(n).tolist() == pytest.approx([1.5, 1.5, 2.125, 2.75, 3.375, 4.0, 4.0])
+    full, images = _random(2, 400, seed=3)
+    counts = torch.tensor([400, 150])  # each image is judged at its own count's κ
+    splats = Splats(full.means, full.chol, full.colors, counts, full.image_sizes, full.opacities)
+    kept, dropped = rd_pruned(splats, images)
+    costs, errors = removal_costs(splats, images)
+    for b, n in enumerate(counts.tolist()):
+        kappa = float(kappa_for(torch.tensor(n)))
+        worth = costs[b, :n] >= kappa * errors[b] / n
+        assert int(dropped[b]) == int((~worth).sum()) > 0
+    assert int(dropped[0]) > int((costs[0] < 1.5 * errors[0] / 400).sum())  # κ = 2.75 there
 
 
 def test_every_image_keeps_its_most_useful_gaussian():

@@ -10,12 +10,14 @@ exact change of the linear render's error for each (each judged with all the oth
 the closed-loop encoder (:mod:`gsvision.codec.rate`) then refines the geometry and re-solves the
 colours of the rest, which absorb part of what was removed.
 
-``κ = 0.5`` keeps well below that break-even: it drops only Gaussians worth less than half their
-bytes, so a level's PSNR at a given N hardly moves and the savings are nearly free. Measured on
-the six sample photos at 224² (``gsvision bench codec``, ``docs/benchmarks.md``): at N = 96 every
-level −3.0 to −3.3% bytes for −0.02 to −0.03 dB; at N = 1,024 −0.7 to −1.4% for −0.015 to
-+0.03 dB. ``κ = 1.5`` saves about twice the bytes at N = 1,024 for the same PSNR there, but
-costs 0.12–0.16 dB at N = 96–160: no level then reaches the float16 fit's quality at small N.
+The closed loop then wins back part of what was dropped (the neighbours' geometry is refined and
+their colours re-solved), and more of it the more Gaussians overlap: the best threshold grows with
+N. :func:`kappa_for` sets ``κ = 1.5`` at N ≤ 100, rising by 0.625 per doubling to 4 at
+N ≥ 1,600. Measured on the six sample photos at 224² against the 0.5 used before (closed loop, the
+level's own PSNR-per-byte slope converting bytes into dB): N = 100 `9-5-5-7` −4.8% bytes for
+−0.13 dB, +0.04 dB at equal bytes (κ = 2.5 loses 0.01, 4 loses 0.14); N = 400 `9-5-5-7` κ = 2.5
+−5.1% for −0.15 dB, +0.07 dB at equal bytes (1.5: +0.05; 4: 0.00); N = 1,600 `xlow` κ = 4 −4.4%
+for −0.10 dB, +0.12 dB at equal bytes (2.5: +0.10; 6: +0.10).
 """
 
 from __future__ import annotations
@@ -27,9 +29,17 @@ from gsvision.codec.colour_rd import footprints
 from gsvision.fit.prune import keep_only
 from gsvision.splats import Splats
 
-__all__ = ["KAPPA", "removal_costs", "rd_pruned"]
+__all__ = ["kappa_for", "removal_costs", "rd_pruned"]
 
-KAPPA = 0.5  # drop a Gaussian whose removal costs less than KAPPA · E / N of squared error
+KAPPA_AT_100 = 1.5  # κ at N ≤ 100 Gaussians ...
+KAPPA_PER_DOUBLING = 0.625  # ... rising this much per doubling of N ...
+KAPPA_MAX = 4.0  # ... up to this (N ≥ 1,600)
+
+
+def kappa_for(counts: Tensor) -> Tensor:
+    """The threshold :func:`rd_pruned` uses for images of ``counts`` Gaussians (same shape)."""
+    n = counts.double().clamp_min(1)
+    return (KAPPA_AT_100 + KAPPA_PER_DOUBLING * torch.log2(n / 100)).clamp(KAPPA_AT_100, KAPPA_MAX)
 
 
 def removal_costs(splats: Splats, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -79,14 +89,15 @@ def removal_costs(splats: Splats, images: Tensor) -> tuple[Tensor, Tensor]:
     return costs, errors
 
 
-def rd_pruned(splats: Splats, images: Tensor, kappa: float = KAPPA) -> tuple[Splats, Tensor]:
+def rd_pruned(splats: Splats, images: Tensor, kappa: float | None = None) -> tuple[Splats, Tensor]:
     """The batch without the Gaussians whose removal would cost less than ``kappa · E / N``.
 
     Args:
         splats: ``B`` images of one size (opacities folded or not), on any device.
         images: the ``[B, H, W, 3]`` images they were fitted to, in ``[0, 1]``.
         kappa: the threshold in units of the mean error per Gaussian; ``0`` drops only
-            Gaussians whose removal would lower the error.
+            Gaussians whose removal would lower the error; ``None``: :func:`kappa_for` each
+            image's count.
 
     Returns:
         ``(the kept Gaussians in their original order, same capacity and device; [B] number
@@ -96,11 +107,12 @@ def rd_pruned(splats: Splats, images: Tensor, kappa: float = KAPPA) -> tuple[Spl
         ValueError: if ``images`` do not match the splats (see :func:`removal_costs`) or
             ``kappa`` is negative or not finite.
     """
-    if not 0 <= kappa < float("inf"):
+    if kappa is not None and not 0 <= kappa < float("inf"):
         raise ValueError(f"rd_pruned: kappa must be finite and ≥ 0, got {kappa}")
     costs, errors = removal_costs(splats, images)
     counts = splats.counts.cpu().clamp_min(1).double()
-    keep = costs >= kappa * (errors / counts)[:, None]
+    kappas = kappa_for(counts) if kappa is None else torch.full_like(counts, kappa)
+    keep = costs >= (kappas * errors / counts)[:, None]
     best = costs.masked_fill(costs.isinf(), float("-inf")).argmax(1)
     keep[torch.arange(splats.batch_size), best] = True  # padding is dropped by keep_only
     out = keep_only(splats, keep.to(splats.device))

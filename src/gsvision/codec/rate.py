@@ -128,8 +128,8 @@ CHOOSE_COLOURS: bool | None = None
 #: and backward passes per batch of images (~1 s of CPU per image of 1,024 Gaussians).
 REFINE_GEOMETRY: bool | None = None
 #: Whether the closed loop first drops the Gaussians whose removal costs less squared error than
-#: half their share of the payload is worth (codec/prune_rd.py: 1-3% fewer bytes at N = 96-1,024,
-#: the PSNR within 0.03 dB). ``None``: as :data:`CHOOSE_COLOURS`; it costs one sparse footprint
+#: their share of the payload is worth, net of what refinement wins back (codec/prune_rd.py: 5%
+#: fewer bytes at N = 100-1,600, +0.04 to +0.12 dB at equal bytes). ``None``: as :data:`CHOOSE_COLOURS`; it costs one sparse footprint
 #: matrix per image (~0.1 s of CPU at N = 1,024).
 PRUNE: bool | None = None
 _OVERHEAD = 110  # file header, image header, zstd frame header, checksum
