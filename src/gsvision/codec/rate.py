@@ -95,7 +95,7 @@ _QUANT_LOSS_DB = {
 #: per pixel, or cheapest at the PSNR goal, in `gsvision bench codec` (six photos at 224², range
 #: coder, 2026-11-27; docs/benchmarks.md). At 0.2-0.45 bpp `9-5-5-7` beats `medium` by 1.0-1.2
 #: dB at equal bytes and `xxlow` by 0.04-0.09; 10-5-5-7 and 10-5-6-7 tie within 0.05 dB at
-#: 0.45-0.9 bpp; below 0.12 bpp (N ≈ 100-140 at 224²) `8-5-5-6` is 0.03-0.18 dB above
+#: 0.45-0.9 bpp; below 0.12 bpp (N ≲ 140 at 224²) `8-5-5-6` is 0.03-0.18 dB above
 #: `9-5-5-7`. Beyond the measured rates (2.7 bpp), ``medium``. Each entry: (up to, level).
 _AUTO_BY_BPP = (
     (0.12, "8-5-5-6"),
@@ -130,8 +130,9 @@ CHOOSE_COLOURS: bool | None = None
 REFINE_GEOMETRY: bool | None = None
 #: Whether the closed loop first drops the Gaussians whose removal costs less squared error than
 #: their share of the payload is worth, net of what refinement wins back (codec/prune_rd.py: 5%
-#: fewer bytes at N = 100-1,600, +0.04 to +0.12 dB at equal bytes). ``None``: as :data:`CHOOSE_COLOURS`; it costs one sparse footprint
-#: matrix per image (~0.1 s of CPU at N = 1,024).
+#: fewer bytes at N = 100-1,600, +0.04 to +0.12 dB at equal bytes). ``None``: as
+#: :data:`CHOOSE_COLOURS`; it costs one sparse footprint matrix per image (~0.1 s of CPU at
+#: N = 1,024).
 PRUNE: bool | None = None
 _OVERHEAD = 110  # file header, image header, zstd frame header, checksum
 _OVERHEAD_COMPACT = 50  # ... of a quantised image with the range coder (format version 4)
@@ -545,7 +546,7 @@ def fit_then_encoder(
         )
     if isinstance(images, (Tensor, np.ndarray)) and images.ndim == 3:
         images = [images]
-    sizes = _sizes(images, target, fit_kwargs.get("size"))  # the images are read once here
+    sizes = _sizes(images, target, fit_kwargs.get("size"))  # prepared once for level and N
     level = _chosen(level, target, sizes)
     budgets = None
     if sizes is not None:
