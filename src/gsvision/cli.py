@@ -168,7 +168,7 @@ def _add_fit_arguments(
 
 
 def _fit_settings(args: argparse.Namespace) -> dict[str, Any]:
-    from gsvision.codec.quant import resolve_level
+    from gsvision.codec.rate import check_level
 
     if args.format != "gsv" and (args.bytes is not None or args.ratio is not None):
         raise CLIError("--bytes and --ratio need --format gsv (the codec)")
@@ -180,8 +180,7 @@ def _fit_settings(args: argparse.Namespace) -> dict[str, Any]:
     if not 0 <= args.relocate <= 1:
         raise CLIError(f"--relocate must be in [0, 1], got {args.relocate}")
     try:
-        if args.level != "auto":
-            resolve_level(args.level)
+        check_level(args.level)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     return {

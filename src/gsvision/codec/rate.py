@@ -42,6 +42,7 @@ __all__ = [
     "CodedImage",
     "auto_level",
     "bytes_per_gaussian",
+    "check_level",
     "encode_closed_loop",
     "encode_closed_loop_batch",
     "fit_and_encode",
@@ -228,10 +229,16 @@ def auto_level(target: RateTarget | None, sizes: Sequence[tuple[int, int]]) -> s
     return next(level for top, level in table if rate <= top)
 
 
-def _chosen(level: str | QuantSpec, target: RateTarget, sizes: Tensor | None) -> str | QuantSpec:
-    """``level``, or what ``"auto"`` stands for with this target and these image sizes."""
+def check_level(level: str | QuantSpec) -> None:
+    """Raise ``ValueError`` naming the problem unless ``level`` is ``"auto"`` or a codec level."""
     if level != "auto":
         resolve_level(level)
+
+
+def _chosen(level: str | QuantSpec, target: RateTarget, sizes: Tensor | None) -> str | QuantSpec:
+    """``level``, or what ``"auto"`` stands for with this target and these image sizes."""
+    check_level(level)
+    if level != "auto":
         return level
     return auto_level(target, [] if sizes is None else [(int(h), int(w)) for h, w in sizes])
 

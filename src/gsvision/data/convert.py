@@ -198,11 +198,9 @@ def convert(
 
 
 def _check_config(cfg: ConvertConfig) -> None:
-    from gsvision.codec.quant import resolve_level
-    from gsvision.codec.rate import RateTarget
+    from gsvision.codec.rate import RateTarget, check_level
 
-    if cfg.level != "auto":  # the rate control's choice (codec/rate.py: auto_level)
-        resolve_level(cfg.level)
+    check_level(cfg.level)
     RateTarget(cfg.bytes, cfg.ratio, cfg.psnr).check()
     if cfg.coder not in ("range", "zstd"):
         raise ValueError(f'coder must be "range" or "zstd", got {cfg.coder!r}')
