@@ -85,6 +85,8 @@ def test_fit_safetensors_keeps_float_splats_and_metadata(tmp_path):
         (["--psnr", "25", "-n", "64"], lambda m: m["psnr"] >= 25 and m["reached"]),
         (["--level", "lossless"], lambda m: m["level"] == "lossless" and m["bytes"] > 16 * 32),
         (["--bytes", "300", "--level", "9-5-5-7"], lambda m: m["level"] == "9-5-5-7"),
+        (["--bytes", "300", "--effort", "0"], lambda m: m["effort"] == 0 and m["reached"]),
+        (["--psnr", "25", "-n", "64", "--effort", "3"], lambda m: m["effort"] == 3),
     ],
 )
 def test_fit_rate_targets(tmp_path, flags, check):
@@ -106,6 +108,7 @@ def test_fit_rate_targets(tmp_path, flags, check):
         (["--level", "10-5-5-40"], "color_bits must be an integer in [1, 12]"),
         (["--ratio", "0"], "--ratio must be positive"),
         (["--relocate", "1.5"], "--relocate must be in [0, 1]"),
+        (["--effort", "4"], "--effort: invalid choice: 4"),
     ],
 )
 def test_fit_rate_flag_errors(tmp_path, capsys, flags, message):

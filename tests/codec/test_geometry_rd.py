@@ -148,3 +148,37 @@ def test_images_of_another_size_or_shape_are_refused(fitted):
         refined_geometry(splats, images[:, :32], SPEC)
     with pytest.raises(ValueError, match="images must be"):
         refined_geometry(splats, images[0], SPEC)
+
+
+def test_effort_sets_how_long_the_closed_loop_refines(fitted, monkeypatch):
+    splats, images = fitted
+    items, targets = [splats[b] for b in range(2)], [images[b] for b in range(2)]
+    monkeypatch.setattr(rate_mod, "PRUNE", False)
+
+    def closed(effort: int | None = None, refine: bool | None = None) -> list[bytes]:
+        monkeypatch.setattr(rate_mod, "REFINE_GEOMETRY", refine)
+        kwargs = {} if effort is None else {"effort": effort}
+        with using_coder("range"):
+            return rate_mod.encode_closed_loop_batch(items, targets, SPEC, **kwargs)
+
+    assert closed(1) == closed()  # 1 is the default
+    assert closed(0) == closed(refine=False)  # 0: rounded as fitted, no refinement
+    longer = closed(3)
+    assert longer != closed(1)
+    rounded_error = [_mse(decode(p), t) for p, t in zip(closed(0), targets, strict=True)]
+    for b in range(2):  # refining longer still beats rounding by far
+        fitted_error = _mse(items[b], targets[b])
+        assert _mse(decode(longer[b]), targets[b]) - fitted_error < 0.5 * (
+            rounded_error[b] - fitted_error
+        )
+    with using_coder("range"):  # the one-image path takes it too
+        assert rate_mod.encode_closed_loop(items[0], targets[0], SPEC, effort=0) == closed(0)[0]
+
+
+@pytest.mark.parametrize("effort", [-1, 4, 1.5, True, "1", None])
+def test_unknown_efforts_are_refused(fitted, effort):
+    splats, images = fitted
+    with pytest.raises(ValueError, match="effort must be an integer 0..3"):
+        rate_mod.encode_closed_loop_batch([splats[0]], [images[0]], SPEC, effort=effort)
+    with pytest.raises(ValueError, match="effort must be an integer 0..3"):
+        rate_mod.fit_and_encode([smooth_image(1)], None, SPEC, 16, effort=effort, iters=1)

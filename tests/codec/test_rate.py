@@ -192,7 +192,7 @@ def test_batched_closed_loop_reports_what_each_payload_decodes_and_renders_to(le
     items = [f.splats[0] for f in fits]
     images = [f.targets[0] for f in fits]
     budgets = [None, None, len(encode(items[2], level)) - 8]  # the third needs trimming
-    payloads, decoded, shown = _closed_loop_batch(items, images, level, budgets, None)
+    payloads, decoded, shown = _closed_loop_batch(items, images, level, budgets, None, 1)
     assert payloads == encode_closed_loop_batch(items, images, level, budgets)
     assert len(payloads[2]) <= budgets[2]
     for payload, splats, picture, image, item, budget in zip(

@@ -128,6 +128,17 @@ def test_shards_use_the_fast_coder_unless_asked(tmp_path):
     assert ConvertConfig(**{**TINY.__dict__, "coder": "range"}).identity()["coder"] == "range"
     with pytest.raises(JobConflictError):  # a folder of zstd shards is another job's
         convert(pattern, tmp_path / "zstd", ConvertConfig(**{**TINY.__dict__, "coder": "range"}))
+    # likewise the default effort; another effort is another job
+    assert "effort" not in TINY.identity()
+    assert ConvertConfig(**{**TINY.__dict__, "effort": 0}).identity()["effort"] == 0
+    with pytest.raises(JobConflictError):
+        convert(
+            pattern,
+            tmp_path / "range",
+            ConvertConfig(**{**TINY.__dict__, "coder": "range", "effort": 0}),
+        )
+    with pytest.raises(ValueError, match="effort must be an integer 0..3"):
+        convert(pattern, tmp_path / "bad", ConvertConfig(**{**TINY.__dict__, "effort": 9}))
 
 
 def test_auto_level_with_the_range_coder_chooses_the_bit_depths_for_the_budget(tmp_path):

@@ -123,13 +123,14 @@ def _point(nbytes: list[int], shown: torch.Tensor, targets: torch.Tensor, raw: i
     }
 
 
-def _encoded(r, n: int, name: str, targets: torch.Tensor, raw: int) -> dict:
-    """One fit's images encoded closed-loop at level ``name``, decoded and measured."""
+def _encoded(r, n: int, name: str, targets: torch.Tensor, raw: int, effort: int = 1) -> dict:
+    """One fit's images encoded closed-loop at level ``name`` (and encoder ``effort``), decoded
+    and measured."""
     b, h, w = targets.shape[:3]
     ones = [r.splats[i] for i in range(b)]
     t0 = time.perf_counter()
     # closed-loop, as `gsvision fit` and `gsvision convert` encode: one payload per image
-    payloads = encode_closed_loop_batch(ones, list(targets), name)
+    payloads = encode_closed_loop_batch(ones, list(targets), name, effort=effort)
     enc_s = time.perf_counter() - t0
     decoded = [decode(p) for p in payloads]
     cap = max(d.capacity for d in decoded)
@@ -158,7 +159,7 @@ def _gsvision_points(u8: np.ndarray, args) -> tuple[list[dict], list[dict]]:
     for n in args.n:
         r, row = _fitted(u8, n, args)
         fits.append(row)
-        points += [_encoded(r, n, name, targets, raw) for name in args.levels]
+        points += [_encoded(r, n, name, targets, raw, args.effort) for name in args.levels]
         got = {p["level"]: round(p["psnr"], 2) for p in points if p["n"] == n}
         print(
             f"  n={n}: fit {row['fit_seconds']:.1f} s, {row['fit_psnr']:.2f} dB; {got}", flush=True
@@ -233,7 +234,11 @@ def _probe_points(u8: np.ndarray, args, points: list[dict], quantised: list[str]
         curve = sorted((p for p in points if p["level"] == level), key=lambda p: p["n"])
         for attempt in (1, 2):
             r, row = _fitted(u8, n, args)
-            p = _encoded(r, n, level, targets, raw) | {"probe": True, **plan, "attempt": attempt}
+            p = _encoded(r, n, level, targets, raw, args.effort) | {
+                "probe": True,
+                **plan,
+                "attempt": attempt,
+            }
             p["fit_seconds"], p["fit_psnr"] = row["fit_seconds"], row["fit_psnr"]
             probes.append(p)
             print(
@@ -486,6 +491,13 @@ def main(argv: list[str] | None = None) -> dict:
         choices=["range", "zstd"],
         default="range",
         help="lossless stage of the quantised levels (format v3 range coder, or v1 zstd)",
+    )
+    ap.add_argument(
+        "--effort",
+        type=int,
+        choices=range(4),
+        default=1,
+        help="encoder effort of the closed loop (gsvision.codec.rate.EFFORT_STEPS; default 1)",
     )
     ap.add_argument("--codecs", nargs="+", default=["jpeg", "webp", "avif"])
     ap.add_argument("--bpp", type=float, nargs="+", default=[0.2, 0.3, 0.5, 0.75, 1.0])

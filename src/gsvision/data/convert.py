@@ -65,6 +65,9 @@ class ConvertConfig:
     # the codec's lossless stage: zstd keeps the training loader fast (decode ~4x faster than the
     # range coder, whose payloads are 12-20% smaller)
     coder: str = "zstd"
+    # encoder effort 0-3 (gsvision.codec.rate.EFFORT_STEPS): time the range coder's closed loop
+    # spends refining the geometry; zstd shards are rounded as they are (no refinement)
+    effort: int = 1
     bytes: int | None = None
     ratio: float | None = None
     psnr: float | None = None
@@ -85,6 +88,8 @@ class ConvertConfig:
         skip = {"workers", "resume", "progress", "backend", "batch", "overlap"}
         if self.coder == "zstd":  # the default, as jobs written before the setting existed
             skip.add("coder")
+        if self.effort == 1:  # likewise
+            skip.add("effort")
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -198,9 +203,10 @@ def convert(
 
 
 def _check_config(cfg: ConvertConfig) -> None:
-    from gsvision.codec.rate import RateTarget, check_level
+    from gsvision.codec.rate import RateTarget, check_effort, check_level
 
     check_level(cfg.level)
+    check_effort(cfg.effort)
     RateTarget(cfg.bytes, cfg.ratio, cfg.psnr).check()
     if cfg.coder not in ("range", "zstd"):
         raise ValueError(f'coder must be "range" or "zstd", got {cfg.coder!r}')
@@ -467,7 +473,7 @@ def _fit_call(fn, items: list[_Item], cfg: ConvertConfig, device):
     kwargs = {"iters": cfg.iters, "size": cfg.size, "seed": cfg.seed, "backend": cfg.backend}
     images = [i.image for i in items]
     with using_coder(cfg.coder):
-        return fn(images, target, cfg.level, cfg.n_gaussians, device=device, **kwargs)
+        return fn(images, target, cfg.level, cfg.n_gaussians, cfg.effort, device=device, **kwargs)
 
 
 def _fit(items: list[_Item], cfg: ConvertConfig, device, timings) -> list:
