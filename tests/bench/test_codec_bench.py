@@ -116,7 +116,7 @@ def test_probe_points_fit_and_encode_the_plan_and_step_again_when_short():
         _pt(8, "xxlow", 30.0, 60),
         _pt(24, "xxlow", 45.0, 150),
     ]
-    args = Namespace(iters=5, size=32, seed=0)
+    args = Namespace(iters=5, size=32, seed=0, effort=1)
     first, second = _probe_points(u8, args, ladder, ["xxlow"])
     assert first["n"] == 17  # 8·3^(9.9/15) ≈ 16.5 Gaussians, rounded up
     assert first["probe"] and first["level"] == "xxlow" and first["attempt"] == 1

@@ -50,6 +50,9 @@ def test_round_trip_equals_in_process(live, service, tmp_path):
         sent = decode(res.payloads[res.sent.index(im)])  # fewer: those not worth their bytes
         assert im["gaussians"] == int(sent.counts[0]) and 1 <= im["gaussians"] <= 40
     assert totals["x_smaller_than_raw"] == pytest.approx(3 * 3072 / totals["gsv_bytes"])
+    with EdgeClient(live.url, API_KEY) as client:  # refused before anything is fitted or sent
+        with pytest.raises(ValueError, match="effort must be an integer 0..3"):
+            client.embed_images(images[:1], effort=5)
 
 
 def test_client_endpoints_and_float16(live, service, packed):
@@ -138,7 +141,7 @@ def test_serve_and_send_commands(tmp_path, capsys):
         assert main([*argv[:3], "--url", url, "--api-key", "nope", "--iters", "5"]) == 2
         assert "wrong API key" in capsys.readouterr().err
         npy = tmp_path / "emb.npy"
-        assert main([argv[0], str(paths[0]), *argv[4:], "--out", str(npy)]) == 0
+        assert main([argv[0], str(paths[0]), *argv[4:], "--effort", "0", "--out", str(npy)]) == 0
         assert np.load(npy).shape == (1, 128)
     finally:
         proc.terminate()
