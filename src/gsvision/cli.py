@@ -69,6 +69,19 @@ def _parse_wxh(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _add_effort(p: argparse.ArgumentParser, note: str = "") -> None:
+    """The encoder's ``--effort`` (``gsvision.codec.rate.EFFORT_STEPS``), as fit, convert and
+    send take it."""
+    p.add_argument(
+        "--effort",
+        type=int,
+        choices=range(4),
+        default=1,
+        help="encoder effort: 0 (a third of the encoding time, no geometry refinement: 0.2-0.6 "
+        "dB lower), 1 (default), 2, 3 (~3x the time, +0.04-0.09 dB); the same format" + note,
+    )
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -134,14 +147,7 @@ def _add_fit_arguments(
         "that rate, else medium), lossless, f16, high, medium, low, lower, xlow, xxlow, or bit "
         "depths P-S-A-C (e.g. 10-5-5-7)",
     )
-    p.add_argument(
-        "--effort",
-        type=int,
-        choices=range(4),
-        default=1,
-        help=".gsv encoder effort: 0 (fastest: no geometry refinement, 0.2-0.6 dB lower), 1 "
-        "(default), 2, 3 (~3x the encoding time, +0.04-0.09 dB); the same format either way",
-    )
+    _add_effort(p)
     p.add_argument(
         "--format",
         default="gsv",

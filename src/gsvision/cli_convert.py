@@ -12,7 +12,7 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from gsvision.cli import _parse_fit_size, _positive_int
+    from gsvision.cli import _add_effort, _parse_fit_size, _positive_int
 
     p.add_argument(
         "inputs", metavar="IN_PATTERN", help="shards: 'data/{00000..00127}.tar', pipe:..."
@@ -35,14 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="lossless stage of the quantised levels: zstd (fast training loads) or range "
         "(12-20%% smaller shards, ~4x slower to decode)",
     )
-    p.add_argument(
-        "--effort",
-        type=int,
-        choices=range(4),
-        default=1,
-        help="encoder effort with --coder range: 0 (fastest, no geometry refinement), 1 "
-        "(default), 2, 3 (~3x the encoding time, ~+0.05-0.09 dB); zstd shards round only",
-    )
+    _add_effort(p, " (--coder range; zstd shards are rounded as fitted)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--bytes", type=_positive_int, default=None, help=".gsv bytes per image")
     target.add_argument("--ratio", type=float, default=None, help="raw pixel bytes / .gsv bytes")

@@ -115,7 +115,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 # ========================================================================================= send
 def add_send_arguments(p: argparse.ArgumentParser) -> None:
-    from gsvision.cli import _parse_fit_size, _positive_int
+    from gsvision.cli import _add_effort, _parse_fit_size, _positive_int
 
     p.add_argument("images", nargs="+", metavar="IMG", help="images to fit, send and embed")
     p.add_argument("--url", required=True, help="the service, e.g. http://127.0.0.1:8000")
@@ -139,14 +139,7 @@ def add_send_arguments(p: argparse.ArgumentParser) -> None:
         default="range",
         help="lossless stage: range (default; 12-20%% smaller payloads) or zstd",
     )
-    p.add_argument(
-        "--effort",
-        type=int,
-        choices=range(4),
-        default=1,
-        help="encoder effort: 0 (a third of the encoding time, 0.2-0.6 dB lower), 1 (default), "
-        "2, 3 (~3x the time, +0.04-0.09 dB)",
-    )
+    _add_effort(p)
     p.add_argument("--iters", type=_positive_int, default=300, help="fitting iterations")
     p.add_argument(
         "--size", type=_parse_fit_size, default=224, metavar="S|WxH", help="fit size (default 224)"
