@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="lossless stage of the quantised levels: zstd (fast training loads) or range "
         "(12-20%% smaller shards, ~4x slower to decode)",
     )
-    _add_effort(p, " (--coder range; zstd shards are rounded as fitted)")
+    _add_effort(p, " (with --coder range; zstd shards keep their fitted geometry, rounded)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--bytes", type=_positive_int, default=None, help=".gsv bytes per image")
     target.add_argument("--ratio", type=float, default=None, help="raw pixel bytes / .gsv bytes")

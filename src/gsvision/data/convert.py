@@ -66,7 +66,7 @@ class ConvertConfig:
     # range coder, whose payloads are 12-20% smaller)
     coder: str = "zstd"
     # encoder effort 0-3 (gsvision.codec.rate.EFFORT_STEPS): time the range coder's closed loop
-    # spends refining the geometry; zstd shards are rounded as they are (no refinement)
+    # spends refining the geometry; zstd shards keep their fitted geometry, rounded
     effort: int = 1
     bytes: int | None = None
     ratio: float | None = None
