@@ -70,7 +70,7 @@ def _parse_wxh(text: str) -> tuple[int, int]:
 
 
 def _add_effort(p: argparse.ArgumentParser, note: str = "") -> None:
-    """The encoder's ``--effort`` (``gsvision.codec.rate.EFFORT_STEPS``), as fit, convert and
+    """The encoder's ``--effort`` (``gsvision.codec.rate.EFFORT_ROUNDS``), as fit, convert and
     send take it."""
     p.add_argument(
         "--effort",

@@ -8,7 +8,7 @@ from gsvision.cli import main
 def test_bench_effort_quick_measures_every_effort_on_the_same_fits(tmp_path):
     assert main(["bench", "effort", "--quick", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "effort.json").read_text())
-    assert data["effort_steps"] == [0, 20, 40, 80] and data["default_effort"] == 1
+    assert data["effort_rounds"] == [0, 16, 32, 64] and data["default_effort"] == 1
     assert [f["n"] for f in data["fits"]] == [24, 48]
     rows = data["rows"]
     assert [(r["n"], r["effort"]) for r in rows] == [(n, e) for n in (24, 48) for e in range(4)]
@@ -19,7 +19,7 @@ def test_bench_effort_quick_measures_every_effort_on_the_same_fits(tmp_path):
         assert all(r["bytes_vs_default"] == pytest.approx(1, abs=0.05) for r in by.values())
         # no refinement at all loses PSNR to the default's (~1 dB on these quick fits)
         assert by[0]["psnr"] < by[1]["psnr"]
-        assert by[0]["steps"] == 0 and by[3]["steps"] == 80
+        assert by[0]["rounds"] == 0 and by[3]["rounds"] == 64
 
 
 def test_bench_effort_refuses_mismatched_levels(capsys):

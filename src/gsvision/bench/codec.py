@@ -497,7 +497,7 @@ def main(argv: list[str] | None = None) -> dict:
         type=int,
         choices=range(4),
         default=1,
-        help="encoder effort of the closed loop (gsvision.codec.rate.EFFORT_STEPS; default 1)",
+        help="encoder effort of the closed loop (gsvision.codec.rate.EFFORT_ROUNDS; default 1)",
     )
     ap.add_argument("--codecs", nargs="+", default=["jpeg", "webp", "avif"])
     ap.add_argument("--bpp", type=float, nargs="+", default=[0.2, 0.3, 0.5, 0.75, 1.0])

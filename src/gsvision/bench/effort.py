@@ -2,10 +2,10 @@
 
 The shipped photos are fitted once per N; each fit is then encoded closed-loop with the range
 coder (as ``gsvision fit`` writes ``.gsv`` files) at every effort, and every payload is decoded
-and rendered. An effort changes only how long the closed loop refines the geometry
-(:data:`gsvision.codec.rate.EFFORT_STEPS`): the format and the Gaussians kept are the same, so
-bytes stay within ~1% and the trade is PSNR against encoding time, both reported against effort 1
-(the default) side by side in one run. Writes ``benchmarks/results/effort.json``.
+and rendered. An effort changes only how long the closed loop refines the geometry (in how many
+blocks it rounds it, :data:`gsvision.codec.rate.EFFORT_ROUNDS`): the format and the Gaussians kept
+are the same, so bytes stay within ~1% and the trade is PSNR against encoding time, both reported
+against effort 1 (the default) side by side in one run. Writes ``benchmarks/results/effort.json``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import torch
 from gsvision.bench._common import write_result
 from gsvision.bench.codec import _encoded, _fitted, _load
 from gsvision.codec import using_coder
+from gsvision.codec.geometry_rd import STEPS
 from gsvision.codec.quant import resolve_level
-from gsvision.codec.rate import DEFAULT_EFFORT, EFFORT_STEPS, encode_closed_loop_batch
+from gsvision.codec.rate import DEFAULT_EFFORT, EFFORT_ROUNDS, encode_closed_loop_batch
 from gsvision.fit import fit
 
 
@@ -35,7 +36,7 @@ def _rows(u8: np.ndarray, args, levels: list[str]) -> tuple[list[dict], list[dic
         by_effort = {}
         for effort in args.efforts:
             row = _encoded(r, n, level, targets, raw, effort)
-            row |= {"effort": effort, "steps": EFFORT_STEPS[effort]}
+            row |= {"effort": effort, "rounds": EFFORT_ROUNDS[effort]}
             by_effort[effort] = row
             print(
                 f"  N={n} {level} effort {effort}: {row['bytes']:.0f} B, {row['psnr']:.3f} dB, "
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="one level for every N, or one per N",
     )
     ap.add_argument(
-        "--efforts", type=int, nargs="+", choices=range(len(EFFORT_STEPS)), default=[0, 1, 2, 3]
+        "--efforts", type=int, nargs="+", choices=range(len(EFFORT_ROUNDS)), default=[0, 1, 2, 3]
     )
     ap.add_argument("--iters", type=int, default=1000)
     ap.add_argument("--images", nargs="*", help="shipped image names (default: all)")
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
         fits, rows = _rows(u8, args, levels)
     result = {
         "settings": {**vars(args), "levels": levels, "images": names, "coder": "range"},
-        "effort_steps": list(EFFORT_STEPS),
+        "effort_rounds": list(EFFORT_ROUNDS),
+        "steps_per_round": STEPS,
         "default_effort": DEFAULT_EFFORT,
         "fits": fits,
         "rows": rows,

@@ -135,12 +135,13 @@ REFINE_GEOMETRY: bool | None = None
 #: :data:`CHOOSE_COLOURS`; it costs one sparse footprint matrix per image (~0.1 s of CPU at
 #: N = 1,024).
 PRUNE: bool | None = None
-#: Encoder effort (like an image encoder's speed preset), as Adam steps per block of the geometry
-#: refinement: 0 rounds the geometry as it is (no refinement), 1 (the default) refines it, 2 and
-#: 3 refine longer. Measured on the six photos at 224² (`gsvision bench effort`, 2026-11-27; CPU):
-#: against 1, effort 0 loses 0.19 / 0.48 / 0.63 dB at N = 100 / 400 / 1,600 in a third of the
-#: closed loop's time; 3 gains 0.04 / 0.09 / 0.09 dB for ~3x it. Same format, same bytes.
-EFFORT_STEPS = (0, 20, 40, 80)
+#: Encoder effort (like an image encoder's speed preset), as the blocks the geometry refinement
+#: rounds in turn (each followed by the same Adam steps): 0 rounds the geometry as it is (no
+#: refinement), 1 (the default) refines it, 2 and 3 in twice and four times as many, smaller
+#: blocks. At equal time more blocks beat more steps per block (+0.13 against +0.09 dB at N = 400
+#: for 4x the time). Same format, same bytes; measured in docs/benchmarks.md (`gsvision bench
+#: effort`).
+EFFORT_ROUNDS = (0, 16, 32, 64)
 DEFAULT_EFFORT = 1
 _OVERHEAD = 110  # file header, image header, zstd frame header, checksum
 _OVERHEAD_COMPACT = 50  # ... of a quantised image with the range coder (format version 4)
@@ -241,9 +242,9 @@ def check_effort(effort: int) -> int:
     if (
         isinstance(effort, bool)
         or not isinstance(effort, int)
-        or not 0 <= effort < len(EFFORT_STEPS)
+        or not 0 <= effort < len(EFFORT_ROUNDS)
     ):
-        raise ValueError(f"effort must be an integer 0..{len(EFFORT_STEPS) - 1}, got {effort!r}")
+        raise ValueError(f"effort must be an integer 0..{len(EFFORT_ROUNDS) - 1}, got {effort!r}")
     return effort
 
 
@@ -315,7 +316,7 @@ def encode_closed_loop(
     effort: int = DEFAULT_EFFORT,
 ) -> bytes:
     """Encode one image, re-solving its colours for the quantised geometry (and trimming to
-    ``budget`` bytes if given; ``effort``: see :data:`EFFORT_STEPS`).
+    ``budget`` bytes if given; ``effort``: see :data:`EFFORT_ROUNDS`).
 
     Quantising positions and shapes moves every Gaussian a little; least-squares colours for the
     geometry the decoder will see win back 35–50% of the PSNR that quantisation costs (measured
@@ -323,7 +324,7 @@ def encode_closed_loop(
     (see :data:`CHOOSE_COLOURS`) the colour codes are then chosen for the image
     (:func:`~gsvision.codec.colour_rd.quantised_colours`) rather than rounded one by one.
     """
-    steps = EFFORT_STEPS[check_effort(effort)]
+    rounds = EFFORT_ROUNDS[check_effort(effort)]
     if isinstance(resolve_level(level), str):  # float levels: nothing to win back
         return trim_to_bytes(splats, budget, level)[1] if budget else encode(splats, level)
     if _pruning():
@@ -334,8 +335,8 @@ def encode_closed_loop(
             splats, payload = trim_to_bytes(splats, budget - slack, level)
         else:
             payload = encode(splats, level)
-        if _refining() and steps:
-            geometry = _refined([splats], [image], level, None, steps)[0]
+        if _refining() and rounds:
+            geometry = _refined([splats], [image], level, None, rounds)[0]
         else:
             geometry = decode(payload)
         refit = encode(_chosen_colours(refit_colors(geometry, image[None]), image, level), level)
@@ -363,7 +364,7 @@ def encode_closed_loop_batch(
         device: where the colour re-solve and the renders that choose between payloads run
             (e.g. the GPU the images were fitted on); ``None``: where the inputs are. Coding
             itself runs on the CPU.
-        effort: 0-3, time spent refining the geometry (see :data:`EFFORT_STEPS`).
+        effort: 0-3, time spent refining the geometry (see :data:`EFFORT_ROUNDS`).
 
     Raises:
         ValueError: for an unknown level or effort.
@@ -395,8 +396,8 @@ def _closed_loop_batch(
         decoded = [decode(p) for p in payloads]
         return payloads, decoded, _renders(decoded, images, device)[0]
     rounded = [decode(p) if p else quantised(s, level) for p, s in zip(plain, items, strict=True)]
-    steps = EFFORT_STEPS[effort]
-    geometry = _refined(items, images, level, device, steps) if _refining() and steps else rounded
+    rounds = EFFORT_ROUNDS[effort]
+    geometry = _refined(items, images, level, device, rounds) if _refining() and rounds else rounded
     refit: list[bytes] = [b""] * len(items)
     for idx in _by_size(images).values():
         cap = max(geometry[i].capacity for i in idx)
@@ -501,11 +502,11 @@ def _pruned(items: Sequence[Splats], images: Sequence[Tensor], device=None) -> l
 
 
 def _refined(
-    items: Sequence[Splats], images: Sequence[Tensor], level: str | QuantSpec, device, steps: int
+    items: Sequence[Splats], images: Sequence[Tensor], level: str | QuantSpec, device, rounds: int
 ) -> list[Splats]:
     """Each single-image ``items[i]`` with its geometry moved onto the level's grid for
-    ``images[i]`` by :func:`~gsvision.codec.geometry_rd.refined_geometry` with ``steps`` Adam
-    steps per block (one batch per image size, on ``device``), on the CPU."""
+    ``images[i]`` by :func:`~gsvision.codec.geometry_rd.refined_geometry` in ``rounds`` blocks
+    (one batch per image size, on ``device``), on the CPU."""
     spec = resolve_level(level)
     assert isinstance(spec, QuantSpec)
     out: list[Splats] = [items[0]] * len(items)
@@ -514,7 +515,7 @@ def _refined(
         batch = _on(Splats.cat([items[i].fold_opacity().compact(cap) for i in idx]), device)
         target = _on(torch.stack([images[i] for i in idx]), device)
         done = refined_geometry(
-            batch, target.to(batch.means.device), spec, steps=steps, logcov=_logcov_grid()
+            batch, target.to(batch.means.device), spec, rounds=rounds, logcov=_logcov_grid()
         )
         done = done.to("cpu")
         for j, i in enumerate(idx):
@@ -550,7 +551,7 @@ def fit_and_encode(
             with a target, the bit depths best at its rate (:func:`auto_level`), else medium.
         n_gaussians: Gaussians per image without a target; the upper end of the ladder with a
             ``psnr`` target; ignored with a byte target (the budget sets it).
-        effort: 0-3, encoder time spent refining the geometry (see :data:`EFFORT_STEPS`).
+        effort: 0-3, encoder time spent refining the geometry (see :data:`EFFORT_ROUNDS`).
         fit_kwargs: passed to :func:`gsvision.fit` (``iters``, ``size``, ``backend``, ...).
 
     Returns:

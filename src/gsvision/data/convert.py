@@ -65,7 +65,7 @@ class ConvertConfig:
     # the codec's lossless stage: zstd keeps the training loader fast (decode ~4x faster than the
     # range coder, whose payloads are 12-20% smaller)
     coder: str = "zstd"
-    # encoder effort 0-3 (gsvision.codec.rate.EFFORT_STEPS): time the range coder's closed loop
+    # encoder effort 0-3 (gsvision.codec.rate.EFFORT_ROUNDS): time the range coder's closed loop
     # spends refining the geometry; zstd shards keep their fitted geometry, rounded
     effort: int = 1
     bytes: int | None = None

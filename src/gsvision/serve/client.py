@@ -231,7 +231,7 @@ class EdgeClient:
 
         ``coder``: the codec's lossless stage; the range coder's payloads are 12-20% smaller
         (what the link carries) and cost the service ~1 ms per image to decode. ``effort``: the
-        encoder's (0-3, :data:`gsvision.codec.rate.EFFORT_STEPS`; 0 encodes in a third of the
+        encoder's (0-3, :data:`gsvision.codec.rate.EFFORT_ROUNDS`; 0 encodes in a third of the
         time, 0.2-0.6 dB lower).
 
         Unreadable images are reported in ``result.images`` (``"error"``) and the rest sent.
