@@ -78,7 +78,7 @@ def _add_effort(p: argparse.ArgumentParser, note: str = "") -> None:
         choices=range(4),
         default=1,
         help="encoder effort: 0 (a third of the encoding time, no geometry refinement: 0.2-0.6 "
-        "dB lower), 1 (default), 2, 3 (~3x the time, +0.04-0.09 dB); the same format" + note,
+        "dB lower), 1 (default), 2, 3 (~3x the time, +0.05-0.13 dB); the same format" + note,
     )
 
 

@@ -138,9 +138,8 @@ PRUNE: bool | None = None
 #: Encoder effort (like an image encoder's speed preset), as the blocks the geometry refinement
 #: rounds in turn (each followed by the same Adam steps): 0 rounds the geometry as it is (no
 #: refinement), 1 (the default) refines it, 2 and 3 in twice and four times as many, smaller
-#: blocks. At equal time more blocks beat more steps per block (+0.13 against +0.09 dB at N = 400
-#: for 4x the time). Same format, same bytes; measured in docs/benchmarks.md (`gsvision bench
-#: effort`).
+#: blocks (for 4x the time, 64 blocks gain +0.13 dB at N = 400 where 16 blocks of 4x the steps
+#: gain +0.09). Same format, same bytes; measured in docs/benchmarks.md (`gsvision bench effort`).
 EFFORT_ROUNDS = (0, 16, 32, 64)
 DEFAULT_EFFORT = 1
 _OVERHEAD = 110  # file header, image header, zstd frame header, checksum
