@@ -28,7 +28,7 @@ from torch import Tensor
 
 from gsvision.codec import current_coder, decode, encode, quantised
 from gsvision.codec.colour_rd import quantised_colours
-from gsvision.codec.geometry_rd import refined_geometry
+from gsvision.codec.geometry_rd import ROUNDS, refined_geometry
 from gsvision.codec.prune_rd import rd_pruned
 from gsvision.codec.quant import QuantSpec, resolve_level
 from gsvision.fit import fit, refit_colors
@@ -140,7 +140,7 @@ PRUNE: bool | None = None
 #: refinement), 1 (the default) refines it, 2 and 3 in twice and four times as many, smaller
 #: blocks (for 4x the time, 64 blocks gain +0.13 dB at N = 400 where 16 blocks of 4x the steps
 #: gain +0.09). Same format, same bytes; measured in docs/benchmarks.md (`gsvision bench effort`).
-EFFORT_ROUNDS = (0, 16, 32, 64)
+EFFORT_ROUNDS = (0, ROUNDS, 2 * ROUNDS, 4 * ROUNDS)  # 0, 16, 32, 64
 DEFAULT_EFFORT = 1
 _OVERHEAD = 110  # file header, image header, zstd frame header, checksum
 _OVERHEAD_COMPACT = 50  # ... of a quantised image with the range coder (format version 4)
