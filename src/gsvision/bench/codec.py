@@ -34,7 +34,7 @@ import torch
 from gsvision.bench._common import write_result
 from gsvision.codec import decode
 from gsvision.codec.quant import resolve_level
-from gsvision.codec.rate import encode_closed_loop_batch
+from gsvision.codec.rate import DEFAULT_EFFORT, encode_closed_loop_batch
 from gsvision.fit import fit
 from gsvision.fit.loop import prepare_images
 from gsvision.metrics import psnr, ssim
@@ -123,7 +123,9 @@ def _point(nbytes: list[int], shown: torch.Tensor, targets: torch.Tensor, raw: i
     }
 
 
-def _encoded(r, n: int, name: str, targets: torch.Tensor, raw: int, effort: int = 1) -> dict:
+def _encoded(
+    r, n: int, name: str, targets: torch.Tensor, raw: int, effort: int = DEFAULT_EFFORT
+) -> dict:
     """One fit's images encoded closed-loop at level ``name`` (and encoder ``effort``), decoded
     and measured."""
     b, h, w = targets.shape[:3]
